@@ -1,0 +1,11 @@
+"""Test set-up: every test process sees 8 CPU devices, so sharded paths run on CPU.
+
+Single-device references use ``jax.devices()[:1]``; the flag must be set before jax
+is imported anywhere, which is why it lives here.
+"""
+
+import os
+
+os.environ["XLA_FLAGS"] = " ".join(
+    [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8"]).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
