@@ -203,6 +203,21 @@ def test_state_restore_resumes_exactly(prefetch):
   _assert_same(_take(resumed, 6), uninterrupted[4:])
 
 
+def test_worker_processes_give_the_same_batches_and_resume():
+  config = _stdlib()
+  kw = dict(split="train", seq_len=SEQ, global_batch_size=BATCH, seed=2)
+  reference = _take(data.make_iterator(config, **kw), 6)
+  config.num_workers = 1  # one spawned process per iterator: the slowest test here
+  it = data.make_iterator(config, **kw)
+  first = _take(it, 3)
+  resumed = data.make_iterator(config, **kw)
+  resumed.set_state(it.get_state())
+  rest = _take(resumed, 3)
+  it.close()
+  resumed.close()
+  _assert_same(first + rest, reference)
+
+
 @pytest.mark.parametrize("split", ["train", "eval"])
 def test_process_shares_partition_the_global_batch(split):
   config = _stdlib()
@@ -276,6 +291,9 @@ def test_stdlib_eval_entropy_is_bytes_like():
     (dict(max_bytes=-1), 8, 1, r"^config\.data\.max_bytes: must be an integer >= 0"),
     (dict(source="arrayrecord", paths="{tmp}"), 8, 1, r"^config\.data\.paths: no manifest\.json in"),
     (dict(source="stdlib", max_bytes=1000), 8, 1, r"^config\.data: the (train|eval) split has"),
+    (dict(source="text", paths="{tmp}/small.md", split_by="file"), 1, 1,
+     r"^config\.data\.eval_fraction: none of the 1 files falls in the (train|eval) split"),
+    (dict(prefetch=-2), 8, 1, r"^config\.data\.prefetch: must be an integer >= 0"),
 ])
 def test_validate_errors(tmp_path, overrides, batch, processes, pattern):
   (tmp_path / "empty.md").write_text("")
@@ -288,8 +306,13 @@ def test_validate_errors(tmp_path, overrides, batch, processes, pattern):
   assert "\n" not in str(e.value)
 
 
-def test_validate_accepts_defaults_cheaply():
-  data.validate(data.default_data_config(), seq_len=256, global_batch_size=32, process_count=4)
+def test_validate_accepts_defaults_and_describe_counts_tokens():
+  config = data.default_data_config()
+  data.validate(config, seq_len=256, global_batch_size=32, process_count=4)
+  info = data.describe(_stdlib(), seq_len=SEQ)
+  assert info["vocab_size"] == 258
+  assert info["eval_tokens"] == len(data.split_tokens(_stdlib(), "eval"))
+  assert info["train_windows"] == (info["train_tokens"] - 1) // SEQ
 
 
 # ---------------------------------------------------------------------------

@@ -18,6 +18,7 @@ process reads only its share; iterators are checkpointable.
 
 from signflax.data.pipeline import build_tokenizer
 from signflax.data.pipeline import default_data_config
+from signflax.data.pipeline import describe
 from signflax.data.pipeline import entropy
 from signflax.data.pipeline import make_iterator
 from signflax.data.pipeline import SOURCES
@@ -32,6 +33,6 @@ from signflax.data.tokenizer import Tokenizer
 
 __all__ = [
     "ByteTokenizer", "HFTokenizer", "SOURCES", "Tokenizer", "build_tokenizer",
-    "default_data_config", "entropy", "make_iterator", "split_num_tokens", "split_tokens",
+    "default_data_config", "describe", "entropy", "make_iterator", "split_num_tokens", "split_tokens",
     "unigram_counts", "unigram_entropy", "validate",
 ]

@@ -145,7 +145,9 @@ def _shards(data_config):
   """(directory, manifest) of arrayrecord shards, checked against the tokenizer."""
   directory, manifest = sources.read_manifest(_get(data_config, "paths"))
   tok = build_tokenizer(data_config)
-  if (manifest["vocab_size"], manifest["eos_id"]) != (tok.vocab_size, tok.eos_id):
+  fingerprint = tokenizer_lib.tokenizer_fingerprint(_get(data_config, "tokenizer"))
+  if ((manifest["vocab_size"], manifest["eos_id"]) != (tok.vocab_size, tok.eos_id)
+      or manifest.get("tokenizer_fingerprint", fingerprint) != fingerprint):
     raise ValueError(
         f"config.data.tokenizer: {tok.name!r} (vocab {tok.vocab_size}) is not the tokenizer the "
         f"shards in {directory!r} were written with ({manifest.get('tokenizer')!r}, vocab "
@@ -247,12 +249,33 @@ def make_iterator(data_config, *, split: str, seq_len: int, global_batch_size: i
                                              prefetch_buffer_size=prefetch))
   workers = _get(data_config, "num_workers")
   if workers:
+    _ensure_absl_flags_parsed()
     ids = ids.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
   return iter(ids)
 
 
+def _ensure_absl_flags_parsed() -> None:
+  """Grain's worker processes read absl flags; outside ``absl.app`` use their defaults."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+def describe(data_config, *, seq_len: int | None = None) -> dict:
+  """A summary to log: source, tokenizer, vocab size, tokens (and windows) per split."""
+  tok = build_tokenizer(data_config)
+  info = {"source": _get(data_config, "source"), "tokenizer": tok.name,
+          "vocab_size": tok.vocab_size, "eos_id": tok.eos_id}
+  for split in sources.SPLITS:
+    info[f"{split}_tokens"] = split_num_tokens(data_config, split)
+    if seq_len:
+      info[f"{split}_windows"] = sources.num_windows(info[f"{split}_tokens"], seq_len)
+  return info
+
+
 def _split_inputs_targets(windows_batch: np.ndarray) -> dict[str, np.ndarray]:
-  return {"inputs": windows_batch[:, :-1], "targets": windows_batch[:, 1:]}
+  return {"inputs": np.ascontiguousarray(windows_batch[:, :-1]),
+          "targets": np.ascontiguousarray(windows_batch[:, 1:])}
 
 
 def unigram_counts(data_config, split: str = "eval") -> np.ndarray:
