@@ -236,7 +236,7 @@ def make_iterator(data_config, *, split: str, seq_len: int, global_batch_size: i
 
   ds = grain.MapDataset.source(windows(data_config, split, seq_len))
   if split == "train" and _get(data_config, "shuffle"):
-    ds = ds.shuffle(seed=int(seed) % 2**32)
+    ds = ds.shuffle(seed=shuffle_seed(seed))
   ds = ds.repeat(num_epochs)
   if num_epochs is not None:  # keep whole global batches only, so all processes agree
     ds = ds[:len(ds) // global_batch_size * global_batch_size]
@@ -252,6 +252,15 @@ def make_iterator(data_config, *, split: str, seq_len: int, global_batch_size: i
     _ensure_absl_flags_parsed()
     ids = ids.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
   return iter(ids)
+
+
+def shuffle_seed(seed: int) -> int:
+  """A 32-bit shuffle seed mixed from ``seed``.
+
+  Grain reshuffles epoch ``e`` with ``seed + e``; mixing first keeps runs with
+  neighbouring seeds (0, 1, ...) from replaying each other's epochs.
+  """
+  return int(np.random.SeedSequence(int(seed) % 2**64).generate_state(1, np.uint32)[0])
 
 
 def _ensure_absl_flags_parsed() -> None:

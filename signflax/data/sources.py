@@ -108,10 +108,7 @@ def expand_paths(spec: str, field: str = "config.data.paths") -> list[str]:
   for item in items:
     path = os.path.expanduser(item)
     if os.path.isdir(path):
-      matches = [os.path.join(d, f) for d, dirs, fs in os.walk(path)
-                 for f in fs if not f.startswith(".")
-                 if not any(p.startswith(".") for p in os.path.relpath(d, path).split(os.sep)
-                            if p != ".")]
+      matches = _walk_files(path)
     else:
       matches = [m for m in glob.glob(path, recursive=True) if os.path.isfile(m)]
     if not matches:
@@ -119,6 +116,15 @@ def expand_paths(spec: str, field: str = "config.data.paths") -> list[str]:
       raise ValueError(f"{field}: {what} {item!r}")
     files.extend(matches)
   return sorted({os.path.abspath(f) for f in files})
+
+
+def _walk_files(directory: str) -> list[str]:
+  """Regular files under ``directory``, skipping hidden files and directories."""
+  files = []
+  for dirpath, dirnames, filenames in os.walk(directory):
+    dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+    files.extend(os.path.join(dirpath, f) for f in filenames if not f.startswith("."))
+  return files
 
 
 def list_corpus(source: str, paths: str = "", field: str = "config.data.paths") -> Corpus:
@@ -156,7 +162,7 @@ def split_budgets(max_bytes: int, eval_fraction: float) -> dict[str, int | None]
   """Raw-byte budget per split (None = unlimited)."""
   if not max_bytes:
     return {"train": None, "eval": None}
-  eval_bytes = min(max_bytes - 1, max(1, round(max_bytes * eval_fraction))) if max_bytes > 1 else 1
+  eval_bytes = max(1, round(max_bytes * eval_fraction))
   return {"train": max(max_bytes - eval_bytes, 0), "eval": eval_bytes}
 
 
