@@ -304,6 +304,10 @@ def test_stdlib_eval_entropy_is_bytes_like():
     (dict(source="stdlib", max_bytes=1000), 8, 1, r"^config\.data: the (train|eval) split has"),
     (dict(source="text", paths="{tmp}/small.md", split_by="file"), 1, 1,
      r"^config\.data\.eval_fraction: none of the 1 files falls in the (train|eval) split"),
+    (dict(source="text", paths="{tmp}/small.md", eval_fraction=0.01), 1, 1,
+     r"^config\.data\.eval_fraction: 0\.01 of the 36-byte corpus leaves the eval split empty"),
+    (dict(source="text", paths="{tmp}/small.md", max_bytes=1), 1, 1,
+     r"^config\.data\.max_bytes: 1 leaves no text for the train split"),
     (dict(prefetch=-2), 8, 1, r"^config\.data\.prefetch: must be an integer >= 0"),
 ])
 def test_validate_errors(tmp_path, overrides, batch, processes, pattern):
@@ -373,6 +377,7 @@ def test_prepare_data_tokenizer_mismatch(tmp_path, text_dir):
     (["--input", "{corpus}", "--output", "{out}", "--tokenizer", "bpe"], "--tokenizer: unknown"),
     (["--input", "{corpus}", "--output", "{out}", "--split-by", "x"], "--split-by"),
     (["--input", "{corpus}", "--output", "{full}"], "--output: .* is not empty; pass --overwrite"),
+    (["--input", "{full}", "--output", "{full}", "--overwrite"], "--output: .* holds input file"),
 ])
 def test_prepare_data_bad_input_exits_2(tmp_path, text_dir, capsys, argv, pattern):
   full = tmp_path / "full"

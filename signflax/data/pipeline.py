@@ -124,8 +124,11 @@ def _corpus_docs(data_config, split: str) -> tuple[sources.Doc, ...]:
           f"config.data.eval_fraction: none of the {len(corpus.paths)} files falls in the "
           f"{split} split with eval_fraction={fraction}; add files, change eval_fraction or set "
           "config.data.split_by='tail'")
-    raise ValueError(f"config.data.max_bytes: {_get(data_config, 'max_bytes')} leaves no text "
-                     f"for the {split} split; raise it or set it to 0 (all)")
+    if _get(data_config, "max_bytes"):
+      raise ValueError(f"config.data.max_bytes: {_get(data_config, 'max_bytes')} leaves no text "
+                       f"for the {split} split; raise it or set it to 0 (all)")
+    raise ValueError(f"config.data.eval_fraction: {fraction} of the {corpus.num_bytes}-byte "
+                     f"corpus leaves the {split} split empty; add text or change eval_fraction")
   return docs
 
 

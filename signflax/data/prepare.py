@@ -82,12 +82,16 @@ def _check_args(args) -> None:
     raise ValueError(f"--output: {args.output!r} is not empty; pass --overwrite to replace it")
 
 
-def _split_plan(args) -> tuple[str, dict[str, tuple[sources.Doc, ...]]]:
+def _split_plan(args, out: str) -> tuple[str, dict[str, tuple[sources.Doc, ...]]]:
   """(source name, docs per split) exactly as the in-memory sources pick them."""
   if args.input == ["stdlib"]:
     source, corpus = "stdlib", sources.list_corpus("stdlib")
   else:
     source, corpus = "text", sources.list_corpus("text", ",".join(args.input), field="--input")
+  inside = [p for p in corpus.paths if os.path.commonpath([out, p]) == out]
+  if inside:  # --overwrite would delete them
+    raise ValueError(f"--output: {args.output!r} holds input file {inside[0]!r}; "
+                     "write the shards somewhere else")
   if corpus.num_bytes == 0:
     raise ValueError(f"--input: the corpus is empty (0 bytes in {len(corpus.paths)} files)")
   split_by = sources.resolve_split_by(source, args.split_by)
@@ -96,8 +100,10 @@ def _split_plan(args) -> tuple[str, dict[str, tuple[sources.Doc, ...]]]:
     plan[split] = sources.split_docs(corpus, split, eval_fraction=args.eval_fraction,
                                      split_by=split_by, max_bytes=args.max_bytes)
     if not plan[split]:
+      hint = ("add files or use --split-by tail" if split_by == "file" else
+              "add text, change --eval-fraction or raise --max-bytes")
       raise ValueError(f"--input: no text falls in the {split} split (split_by={split_by}, "
-                       f"eval_fraction={args.eval_fraction}); add files or use --split-by tail")
+                       f"eval_fraction={args.eval_fraction}, {corpus.num_bytes} bytes); {hint}")
   return source, plan
 
 
@@ -147,8 +153,8 @@ def prepare(args) -> dict:
   """Writes the shards and manifest of ``args`` into ``args.output``; returns the manifest."""
   _check_args(args)
   tok = tokenizer_lib.get_tokenizer(args.tokenizer, field="--tokenizer")
-  source, plan = _split_plan(args)
   out = os.path.abspath(os.path.expanduser(args.output))
+  source, plan = _split_plan(args, out)
   parent = os.path.dirname(out)
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)

@@ -172,7 +172,14 @@ def tokenizer_fingerprint(spec: str) -> str:
   """'byte', or the sha256 of the tokenizer.json bytes (recorded in shard manifests)."""
   if spec == BYTE:
     return BYTE
-  with open(os.path.expanduser(spec), "rb") as f:
+  path = os.path.abspath(os.path.expanduser(spec))
+  return _file_sha256(path, os.stat(path).st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _file_sha256(path: str, mtime_ns: int) -> str:
+  del mtime_ns  # part of the cache key only
+  with open(path, "rb") as f:
     return "sha256:" + hashlib.sha256(f.read()).hexdigest()
 
 
