@@ -109,9 +109,12 @@ def test_hf_tokenizer_json(tmp_path, text_dir):
 
 def test_hf_tokenizer_without_eos_appends_one(tmp_path, text_dir):
   path = _write_hf_tokenizer(tmp_path / "tokenizer.json", ["a b c"], with_eos=False)
+  tokenizers = pytest.importorskip("tokenizers")
+  hf_size = tokenizers.Tokenizer.from_file(str(path)).get_vocab_size()
   tok = data.build_tokenizer(_config(tokenizer=str(path)))
-  base = 1 + 256  # [UNK] + byte alphabet, no merges learned from 'a b c' beyond a few
-  assert tok.eos_id == tok.vocab_size - 1 and tok.vocab_size >= base + 1
+  assert (tok.eos_id, tok.bos_id, tok.vocab_size) == (hf_size, hf_size, hf_size + 1)
+  ids = np.concatenate([tok.encode("a b"), [tok.eos_id]])
+  assert tok.decode(ids) == "a b"  # the appended separator decodes to nothing
 
 
 def test_tokenizers_package_missing_is_one_line(tmp_path, monkeypatch):
@@ -293,14 +296,16 @@ def test_stdlib_eval_entropy_is_bytes_like():
     (dict(source="text", paths="{tmp}/*.txt"), 8, 1,
      r"^config\.data\.paths: no files match '.*/\*\.txt'$"),
     (dict(source="text", paths=""), 8, 1, r"^config\.data\.paths: required"),
-    (dict(source="text", paths="{tmp}/empty.md"), 8, 1, r"^config\.data\.paths: the corpus is empty"),
+    (dict(source="text", paths="{tmp}/empty.md"), 8, 1,
+     r"^config\.data\.paths: the corpus is empty"),
     (dict(source="text", paths="{tmp}/small.md"), 8, 1,
      r"^config\.data: the (train|eval) split has \d+ tokens .* fewer than one global batch of 8"),
     (dict(source="stdlib"), 9, 2, r"^global_batch_size: 9 is not divisible by the 2 processes"),
     (dict(eval_fraction=1.5), 8, 1, r"^config\.data\.eval_fraction: must be a number in \(0, 1\)"),
     (dict(split_by="random"), 8, 1, r"^config\.data\.split_by: unknown value 'random'"),
     (dict(max_bytes=-1), 8, 1, r"^config\.data\.max_bytes: must be an integer >= 0"),
-    (dict(source="arrayrecord", paths="{tmp}"), 8, 1, r"^config\.data\.paths: no manifest\.json in"),
+    (dict(source="arrayrecord", paths="{tmp}"), 8, 1,
+     r"^config\.data\.paths: no manifest\.json in"),
     (dict(source="stdlib", max_bytes=1000), 8, 1, r"^config\.data: the (train|eval) split has"),
     (dict(source="text", paths="{tmp}/small.md", split_by="file"), 1, 1,
      r"^config\.data\.eval_fraction: none of the 1 files falls in the (train|eval) split"),

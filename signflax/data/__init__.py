@@ -33,6 +33,7 @@ from signflax.data.tokenizer import Tokenizer
 
 __all__ = [
     "ByteTokenizer", "HFTokenizer", "SOURCES", "Tokenizer", "build_tokenizer",
-    "default_data_config", "describe", "entropy", "make_iterator", "split_num_tokens", "split_tokens",
+    "default_data_config", "describe", "entropy", "make_iterator", "split_num_tokens",
+    "split_tokens",
     "unigram_counts", "unigram_entropy", "validate",
 ]

@@ -363,5 +363,6 @@ def shard_windows(directory: str, manifest: dict, split: str, seq_len: int) -> A
   missing = [s for s in shards if not os.path.isfile(s)]
   if missing:
     raise ValueError(f"config.data.paths: shard {missing[0]!r} listed in {MANIFEST} is missing")
-  return ArrayRecordWindows(shards, num_tokens=info["tokens"], chunk_tokens=manifest["chunk_tokens"],
-                            dtype=manifest["dtype"], seq_len=seq_len)
+  return ArrayRecordWindows(shards, num_tokens=info["tokens"],
+                            chunk_tokens=manifest["chunk_tokens"], dtype=manifest["dtype"],
+                            seq_len=seq_len)
