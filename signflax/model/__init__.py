@@ -1,0 +1,25 @@
+"""The LLaMA-style transformer (Flax NNX) and its FLOPs count."""
+
+from signflax.model.transformer import (
+    ATTENTION_IMPLEMENTATIONS,
+    DTYPES,
+    REMAT_POLICIES,
+    Transformer,
+    TransformerConfig,
+    abstract_model,
+    apply,
+    flops_per_token,
+    init_params,
+)
+
+__all__ = [
+    "ATTENTION_IMPLEMENTATIONS",
+    "DTYPES",
+    "REMAT_POLICIES",
+    "Transformer",
+    "TransformerConfig",
+    "abstract_model",
+    "apply",
+    "flops_per_token",
+    "init_params",
+]

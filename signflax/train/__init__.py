@@ -1,0 +1,1 @@
+"""Training: train state, the sharded jitted step, metrics, and the loop (``trainer``)."""

@@ -1,0 +1,218 @@
+"""``signflax train``: validate a config, then train, evaluate and log.
+
+    signflax train --config configs/lm/tiny.py --workdir runs/tiny --config.optimizer.name=signum
+
+Config groups: ``model`` (``signflax.model.TransformerConfig`` fields),
+``optimizer``, ``data`` (``signflax.data.default_data_config()``), ``mesh``
+(data/fsdp/tensor sizes, -1 = the rest), ``train`` and ``distributed``; see
+``configs/lm/tiny.py`` for every field. ``workdir`` receives ``config.json``,
+``metrics.jsonl`` and TensorBoard events under ``tb/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from signflax import data as data_lib
+from signflax import model as model_lib
+from signflax import optim
+from signflax import parallel
+from signflax.train import metrics as metrics_lib
+from signflax.train import optimizer as optimizer_lib
+from signflax.train import step as step_lib
+
+GROUPS = ("model", "optimizer", "data", "mesh", "train")
+
+
+def _log(message: str) -> None:
+  if jax.process_index() == 0:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _positive(group, name: str, value, minimum: int = 1) -> None:
+  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    raise ValueError(f"config.{group}.{name}: must be an integer >= {minimum}, got {value!r}")
+
+
+def model_config(config, vocab_size: int | None = None) -> model_lib.TransformerConfig:
+  """``config.model`` as a TransformerConfig; vocab_size None = the tokenizer's, padded to 128."""
+  cfg = model_lib.TransformerConfig.from_config(config.model)
+  if config.model.get("vocab_size") is None:
+    vocab_size = vocab_size or data_lib.build_tokenizer(config.data).vocab_size
+    cfg = dataclasses.replace(cfg, vocab_size=-(-vocab_size // 128) * 128)
+  return cfg
+
+
+def validate(config) -> None:
+  """Cheap checks before any compilation; raises a one-line ValueError naming the field."""
+  missing = [g for g in GROUPS if g not in config]
+  if missing:
+    raise ValueError(f"config: missing group(s) {', '.join(missing)}; a train config has "
+                     f"{', '.join(GROUPS)}")
+  t, opt = config.train, config.optimizer
+  for name in ("steps", "global_batch_size", "seq_len", "grad_accum", "log_every"):
+    _positive("train", name, t[name])
+  for name in ("eval_every", "eval_batches", "seed"):
+    _positive("train", name, t[name], minimum=0)
+
+  if opt.name not in optim.OPTIMIZERS:
+    raise ValueError(f"config.optimizer.name: {opt.name!r} is not one of "
+                     f"{', '.join(optim.OPTIMIZERS)}")
+  allowed = optim.optimizer_keywords(opt.name)
+  unknown = sorted(k for k, v in dict(opt.kwargs).items() if v is not None and k not in allowed)
+  if unknown:
+    raise ValueError(f"config.optimizer.kwargs: {', '.join(unknown)} not accepted by "
+                     f"{opt.name!r}; allowed: {', '.join(allowed)}")
+  if opt.schedule not in optimizer_lib.SCHEDULES:
+    raise ValueError(f"config.optimizer.schedule: {opt.schedule!r} is not one of "
+                     f"{', '.join(optimizer_lib.SCHEDULES)}")
+  if not opt.learning_rate > 0:
+    raise ValueError(f"config.optimizer.learning_rate: must be > 0, got {opt.learning_rate!r}")
+  if opt.warmup_steps >= t.steps and opt.warmup_steps:
+    raise ValueError(f"config.optimizer.warmup_steps: {opt.warmup_steps} must be < "
+                     f"config.train.steps={t.steps}")
+
+  data_lib.validate(config.data, seq_len=t.seq_len, global_batch_size=t.global_batch_size,
+                    process_count=1 if parallel.is_multi_process(config) else jax.process_count())
+  vocab = data_lib.build_tokenizer(config.data).vocab_size
+  cfg = model_config(config, vocab)
+  cfg.check()
+  if cfg.vocab_size < vocab:
+    raise ValueError(f"config.model.vocab_size: {cfg.vocab_size} is smaller than the "
+                     f"tokenizer's {vocab} (set it to None to follow the tokenizer)")
+  if t.seq_len > cfg.max_seq_len:
+    raise ValueError(f"config.train.seq_len: {t.seq_len} is longer than the model's context "
+                     f"config.model.max_seq_len={cfg.max_seq_len}")
+
+  if t.global_batch_size % t.grad_accum:
+    raise ValueError(f"config.train.global_batch_size: {t.global_batch_size} is not divisible "
+                     f"by config.train.grad_accum={t.grad_accum}")
+  if not parallel.is_multi_process(config):  # device count is only known after start-up
+    shape = dict(zip(parallel.MESH_AXES,
+                     parallel.resolve_mesh_shape(config.mesh, jax.device_count())))
+    batch_shards = shape["data"] * shape["fsdp"]
+    micro = t.global_batch_size // t.grad_accum
+    if micro % batch_shards:
+      raise ValueError(f"config.train.global_batch_size: {t.global_batch_size} (microbatch "
+                       f"{micro} with grad_accum={t.grad_accum}) is not divisible by the "
+                       f"data-parallel size data*fsdp={batch_shards} of mesh {shape}")
+
+
+def _global_batch(local: dict, sharding) -> dict:
+  """This process's rows -> one global jax.Array per field, sharded over (data, fsdp)."""
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v, np.int32))
+          for k, v in local.items()}
+
+
+class Evaluator:
+  """Mean eval loss over the first ``eval_batches`` global batches of the eval split.
+
+  A fresh iterator each time: every evaluation sees the same tokens.
+  """
+
+  def __init__(self, config, eval_step, sharding):
+    self.config, self.eval_step, self.sharding = config, eval_step, sharding
+
+  def __call__(self, params) -> float:
+    t = self.config.train
+    it = data_lib.make_iterator(self.config.data, split="eval", seq_len=t.seq_len,
+                                global_batch_size=t.global_batch_size, seed=t.seed,
+                                process_index=jax.process_index(),
+                                process_count=jax.process_count())
+    losses = []
+    for _, batch in zip(range(t.eval_batches or sys.maxsize), it):
+      losses.append(self.eval_step(params, _global_batch(batch, self.sharding)))
+    return float(np.mean(jax.device_get(losses)))
+
+
+def run(config, workdir: str) -> int:
+  """Trains ``config`` and writes results to ``workdir``; returns the exit code."""
+  workdir = pathlib.Path(workdir)
+  if (workdir / "metrics.jsonl").exists():
+    print(f"signflax train: error: --workdir: {workdir} already holds metrics.jsonl from an "
+          "earlier run; choose a new directory (nothing was changed)", file=sys.stderr)
+    return 2
+  parallel.maybe_initialize_distributed(config)
+  t = config.train
+  is_main = jax.process_index() == 0
+
+  tokenizer = data_lib.build_tokenizer(config.data)
+  cfg = model_config(config, tokenizer.vocab_size)
+  mesh = parallel.make_mesh(config.mesh)
+  graphdef, param_shapes, param_axes = model_lib.abstract_model(cfg)
+  num_params = sum(x.size for x in jax.tree.leaves(param_shapes))
+  tx, schedule = optimizer_lib.make_optimizer(config.optimizer, t.steps, param_axes)
+  tokens_per_step = t.global_batch_size * t.seq_len
+  flops_per_token = model_lib.flops_per_token(cfg, t.seq_len)
+  peak = metrics_lib.peak_flops_per_device()
+
+  if is_main:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+  writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
+  _log(f"model: {num_params / 1e6:.2f}M params, {cfg.num_layers} layers x {cfg.d_model} wide, "
+       f"vocab {cfg.vocab_size}, {cfg.dtype} compute | mesh {dict(mesh.shape)} on "
+       f"{jax.device_count()} x {jax.devices()[0].device_kind}")
+  unigram = data_lib.unigram_entropy(config.data, split="eval")
+  _log(f"data: {tokenizer.name} tokens; eval split unigram entropy {unigram:.4f} nats/token "
+       "(a context-free model's best loss)")
+
+  batch_sharding = parallel.batch_sharding(mesh)
+  with jax.set_mesh(mesh):
+    start = time.monotonic()
+    state, shardings = step_lib.create_sharded_state(cfg, tx, mesh, param_axes, t.seed)
+    train_step = step_lib.jit_train_step(
+        step_lib.make_train_step(graphdef, tx, schedule, grad_accum=t.grad_accum,
+                                 noise_stats=t.noise_stats), mesh, shardings)
+    evaluate = Evaluator(config, step_lib.jit_eval_step(step_lib.make_eval_step(graphdef), mesh,
+                                                        shardings), batch_sharding)
+    train_iter = data_lib.make_iterator(config.data, split="train", seq_len=t.seq_len,
+                                        global_batch_size=t.global_batch_size, seed=t.seed,
+                                        process_index=jax.process_index(),
+                                        process_count=jax.process_count())
+    batch = _global_batch(next(train_iter), batch_sharding)
+    train_step = train_step.lower(state, batch).compile()
+    compile_s = time.monotonic() - start
+    eval_loss = evaluate(state.params)
+    writer.write(0, {"eval_loss": eval_loss, "eval_unigram_entropy": unigram,
+                     "num_params": num_params, "compile_time_s": compile_s})
+    _log(f"compiled in {compile_s:.1f}s; step 0 eval loss {eval_loss:.4f}")
+
+    progress = metrics_lib.ProgressBar(t.steps, enabled=is_main)
+    loss_sum, last_time, last_step = jnp.zeros(()), time.monotonic(), 0
+    for step in range(1, t.steps + 1):
+      if step > 1:
+        batch = _global_batch(next(train_iter), batch_sharding)
+      state, step_metrics = train_step(state, batch)
+      loss_sum = loss_sum + step_metrics["loss"]
+      if step % t.log_every and step != t.steps:
+        continue
+      out = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+      now = time.monotonic()
+      step_time = (now - last_time) / (step - last_step)
+      tokens_per_s = tokens_per_step / step_time
+      out["train_loss"] = float(loss_sum) / (step - last_step)
+      out["step_loss"] = out.pop("loss")
+      out.update(step_time_s=step_time, tokens_per_s=tokens_per_s,
+                 mfu=flops_per_token * tokens_per_s / (peak * jax.device_count()) if peak
+                 else None)
+      if (t.eval_every and step % t.eval_every == 0) or step == t.steps:
+        out["eval_loss"] = evaluate(state.params)
+      writer.write(step, out)
+      progress.update(step, out["train_loss"], tokens_per_s)
+      loss_sum, last_time, last_step = jnp.zeros(()), time.monotonic(), step
+    progress.close()
+  writer.close()
+  total = time.monotonic() - start
+  _log(f"done: {t.steps} steps in {total:.0f}s (compile {compile_s:.0f}s) | final eval loss "
+       f"{out['eval_loss']:.4f} nats/token vs eval unigram entropy {unigram:.4f} | "
+       f"{tokens_per_step * t.steps / max(total - compile_s, 1e-9):,.0f} tokens/s | {workdir}")
+  return 0
