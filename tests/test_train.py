@@ -1,0 +1,114 @@
+"""The trainer: config validation, the CLI contract, determinism, learning, logs."""
+
+import json
+import pathlib
+
+import jax
+import pytest
+
+from signflax import cli
+from signflax import model as model_lib
+from signflax.train import optimizer as optimizer_lib
+from signflax.train import trainer
+
+TINY_CONFIG = pathlib.Path(__file__).resolve().parent.parent / "configs" / "lm" / "tiny.py"
+
+
+def small_config(**overrides):
+  """configs/lm/tiny.py shrunk to a few seconds of training."""
+  config = cli.load_config_file(TINY_CONFIG)
+  settings = {
+      "model.num_layers": 2, "model.d_model": 64, "model.max_seq_len": 32,
+      "optimizer.warmup_steps": 5, "optimizer.learning_rate": 1e-2,
+      "data.max_bytes": 1_000_000,
+      "train.steps": 30, "train.global_batch_size": 16, "train.seq_len": 32,
+      "train.grad_accum": 2, "train.log_every": 10, "train.eval_every": 15,
+      "train.eval_batches": 2,
+      **overrides}
+  for dotted, value in settings.items():
+    cli.apply_override(config, dotted, repr(value))
+  return config
+
+
+def test_tiny_config_validates():
+  trainer.validate(cli.load_config_file(TINY_CONFIG))
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"optimizer.name": "adam"}, r"^config\.optimizer\.name: 'adam' is not one of sgd, "),
+    ({"optimizer.kwargs.beta": 0.5}, r"^config\.optimizer\.kwargs: beta not accepted by 'adamw'"),
+    ({"optimizer.schedule": "linear"}, r"^config\.optimizer\.schedule: 'linear' is not one of"),
+    ({"train.global_batch_size": 12}, r"^config\.train\.global_batch_size: 12 .* not divisible by "
+                                      r"the data-parallel size data\*fsdp=8"),
+    ({"train.seq_len": 64}, r"^config\.train\.seq_len: 64 is longer than the model's context"),
+    ({"data.source": "text", "data.paths": "/nonexistent/*.txt"}, r"^config\.data\.paths"),
+    ({"model.num_kv_heads": 3}, r"^config\.model\.num_kv_heads"),
+    ({"mesh.tensor": 3}, r"^config\.mesh: "),
+    ({"train.steps": 0}, r"^config\.train\.steps: must be an integer >= 1"),
+])
+def test_validate_errors_are_one_line(overrides, message):
+  with pytest.raises(ValueError, match=message) as error:
+    trainer.validate(small_config(**overrides))
+  assert "\n" not in str(error.value)
+
+
+def test_cli_reports_config_errors_with_exit_code_2(tmp_path, capsys):
+  code = cli.main(["train", "--workdir", str(tmp_path / "run"), "--config.optimizer.name=adam"])
+  err = capsys.readouterr().err
+  assert code == 2
+  assert err.count("\n") == 1 and err.startswith("signflax train: error: config.optimizer.name")
+  assert not (tmp_path / "run").exists()
+
+
+def test_muon_and_weight_decay_masks_come_from_logical_axes():
+  _, _, axes = model_lib.abstract_model(model_lib.TransformerConfig(num_layers=2, d_model=32))
+  config = small_config(**{"optimizer.name": "muon"})
+  kwargs = optimizer_lib.optimizer_kwargs(config.optimizer, axes)
+  muon = kwargs["muon_params"]
+  assert muon["layers"]["attn"]["q"] and muon["layers"]["mlp"]["down"]
+  assert not muon["embed"] and not muon["layers"]["attn_norm"]["scale"]  # [layers, embed] norm
+  decay = optimizer_lib.optimizer_kwargs(small_config().optimizer, axes)["weight_decay_mask"]
+  assert decay["embed"] and not decay["final_norm"]["scale"]
+
+
+def _read_metrics(workdir):
+  return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _tensorboard_tags(workdir):
+  from tensorboard.backend.event_processing import event_accumulator  # noqa: PLC0415
+  acc = event_accumulator.EventAccumulator(str(workdir / "tb"))
+  acc.Reload()
+  return set(acc.Tags()["scalars"])
+
+
+@pytest.mark.slow
+def test_short_runs_learn_are_deterministic_and_log(tmp_path):
+  config = small_config()
+  runs = [tmp_path / "a", tmp_path / "b"]
+  for workdir in runs:
+    assert trainer.run(config, str(workdir)) == 0
+  a, b = (_read_metrics(w) for w in runs)
+
+  losses = lambda records, key: [r[key] for r in records if r.get(key) is not None]
+  assert losses(a, "train_loss") == losses(b, "train_loss")      # bit-identical
+  assert losses(a, "eval_loss") == losses(b, "eval_loss")
+  assert [r["step"] for r in a] == [0, 10, 20, 30]
+
+  first, last = a[0], a[-1]
+  assert first["eval_unigram_entropy"] > 2.0
+  assert last["eval_loss"] < first["eval_loss"] - 1.0           # it learns
+  assert last["train_loss"] < a[1]["train_loss"]
+  for key in ("learning_rate", "grad_l1", "grad_l2", "update_rms", "param_l2", "step_time_s",
+              "tokens_per_s", "noise_density", "noise_density/layers"):
+    assert key in last, key
+  assert last["mfu"] is None  # no peak FLOP/s for CPUs
+  assert 0 < last["noise_density"] <= 1
+  assert {"train_loss", "eval_loss", "noise_density", "eval_unigram_entropy"} <= \
+      _tensorboard_tags(runs[0])
+  assert json.loads((runs[0] / "config.json").read_text())["optimizer"]["name"] == "adamw"
+
+  # a second run into a used workdir refuses and leaves the logs alone
+  before = (runs[0] / "metrics.jsonl").read_text()
+  assert trainer.run(config, str(runs[0])) == 2
+  assert (runs[0] / "metrics.jsonl").read_text() == before
