@@ -94,17 +94,30 @@ def fit_scaling_law(family: str, s: float, learning_rates, batch_sizes, steps, l
 
 
 def critical_batch_from_curve(batch_sizes, best_loss, factor: float = 2.0) -> float:
-  """Largest batch size whose tuned loss is within ``factor`` of the best over batch
-  sizes, log-interpolated between grid points (the critical batch size up to a
-  constant, which a fitted exponent across budgets does not see)."""
+  """The batch size at which the tuned loss first rises above ``factor`` times its
+  small-batch plateau (log-interpolated between grid points).
+
+  The plateau is the median of the lower half of the finite losses, robust to the
+  seed noise of single points. Below the critical batch size the tuned loss is flat;
+  above it, it grows like :math:`(D/B)^{-p}` (Li et al. 2026, App. B.3.3), so this
+  estimate is the critical batch size up to a constant factor, which a growth
+  exponent fitted across budgets does not see.
+  """
   b = np.log(np.asarray(batch_sizes, np.float64))
-  loss = np.where(np.isfinite(best_loss), best_loss, np.inf)
-  limit = np.log(factor * np.min(loss))
+  loss = np.where(np.isfinite(best_loss), np.asarray(best_loss, np.float64), np.inf)
+  finite = np.sort(loss[np.isfinite(loss)])
+  if finite.size == 0:
+    raise ValueError("critical_batch_from_curve: no finite losses")
+  limit = np.log(factor * np.median(finite[:max(1, (finite.size + 1) // 2)]))
   logl = np.log(loss)
-  i = int(np.argmin(loss))
-  while i + 1 < len(b) and logl[i + 1] <= limit:
-    i += 1
-  if i + 1 == len(b) or not np.isfinite(logl[i + 1]):
+  above = np.nonzero(logl > limit)[0]
+  first = int(above[0]) if above.size else len(b)
+  if first == len(b):
+    return float(np.exp(b[-1]))
+  if first == 0:
+    return float(np.exp(b[0]))
+  i = first - 1
+  if not np.isfinite(logl[first]):
     return float(np.exp(b[i]))
-  w = (limit - logl[i]) / (logl[i + 1] - logl[i])
-  return float(np.exp(b[i] + w * (b[i + 1] - b[i])))
+  w = (limit - logl[i]) / (logl[first] - logl[i])
+  return float(np.exp(b[i] + w * (b[first] - b[i])))

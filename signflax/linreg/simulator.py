@@ -218,7 +218,8 @@ def simulate(problem: PowerLawProblem, optimizer_fn: OptimizerFn, learning_rates
                    jax.device_put(flat_lrs, replicated), jax.device_put(flat_scales, replicated),
                    jax.device_put(jnp.asarray(steps, step_index_dtype), replicated),
                    optimizer_fn=optimizer_fn, noise_model=noise_model,
-                   minibatch_size=int(batch_sizes[0]), sharding=runs)
+                   minibatch_size=int(batch_sizes[0]) if noise_model == "minibatch" else 1,
+                   sharding=runs)
   risk = np.asarray(risk)[:, :num_seeds]                       # (R, S, C)
   risk = risk.reshape(steps.size, num_seeds, batch_sizes.size, lrs.shape[1])
   return SimulationResult(steps=steps, risk=np.moveaxis(risk, 0, -1),
