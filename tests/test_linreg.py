@@ -135,13 +135,14 @@ def test_critical_batch_from_curve_finds_the_knee():
 
 @pytest.mark.slow
 def test_fitted_data_scaling_exponents_match_predictions():
-  # alpha=4, beta=3: s=1, predicted 0.5 (SGD) and 2/3 (signSGD).
+  # alpha=4, beta=3: s=1, predicted 0.5 (SGD) and 2/3 (signSGD). signSGD approaches its
+  # asymptote slowly and its per-seed noise is larger, hence D >= 2^10 and 48 seeds.
   p = linreg.power_law_problem(200, 4.0, 3.0)
-  budgets, batches = 2 ** np.arange(8, 15), 2 ** np.arange(0, 9)
+  budgets, batches = 2 ** np.arange(10, 17), 2 ** np.arange(0, 11)
   gammas = 2.0 ** np.arange(-14, 1)
-  for family, fn in (("sgd", _sgd), ("sign", _sign_sgd)):
+  for family, fn, seeds in (("sgd", _sgd, 16), ("sign", _sign_sgd, 48)):
     lrs = linreg.learning_rate_grid(family, gammas, batches)
-    sweep = linreg.budget_sweep(p, fn, budgets, batches, lrs, num_seeds=16)
+    sweep = linreg.budget_sweep(p, fn, budgets, batches, lrs, num_seeds=seeds)
     best, _ = linreg.best_over(linreg.seed_mean(sweep.loss), (1, 2))
     measured = linreg.fit_power_law(budgets, best).exponent
     predicted = linreg.data_scaling_exponent(family, p.relative_difficulty)
