@@ -72,29 +72,31 @@ def noise_chunk_size(dim: int, noise_model: str, batch_size: int = 1) -> int:
 
 def _draw_noise(seed_keys, chunk, chunk_size: int, dim: int, noise_model: str,
                 minibatch_size: int, dtype):
-  """Standard normals for steps ``[chunk * U, (chunk + 1) * U)`` of every seed:
-  ``(S, U, d)`` (hessian-aligned) or ``(S, U, B, d + 1)`` (minibatch: features and
-  label noise), from ``fold_in(seed_key, chunk)``."""
-  shape = (chunk_size, dim) if noise_model == "hessian_aligned" else (
-      chunk_size, minibatch_size, dim + 1)
-  z = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, chunk), shape, dtype))(
-      seed_keys)
+  """Standard normals for steps ``[chunk * U, (chunk + 1) * U)`` of every seed, from
+  ``fold_in(seed_key, chunk)``: ``(S, U, d)`` (hessian-aligned), or features
+  ``(S, U, B, d)`` and label noise ``(S, U, B)`` (minibatch)."""
+  def draw(key):
+    key = jax.random.fold_in(key, chunk)
+    if noise_model == "hessian_aligned":
+      return jax.random.normal(key, (chunk_size, dim), dtype)
+    features, labels = jax.random.split(key)
+    return (jax.random.normal(features, (chunk_size, minibatch_size, dim), dtype),
+            jax.random.normal(labels, (chunk_size, minibatch_size), dtype))
   # Materialize the shared noise once: fused into its consumer, XLA would redraw it
   # for every config.
-  return jax.lax.optimization_barrier(z)
+  return jax.lax.optimization_barrier(jax.vmap(draw)(seed_keys))
 
 
 def _noisy_gradients(eigenvalues, theta_star, noise_std, z, theta, noise_scales,
                      noise_model: str):
   """Stochastic gradients ``(S, C, d)`` at states ``theta`` from one step's noise ``z``."""
-  d = eigenvalues.shape[0]
   delta = theta - theta_star
   if noise_model == "hessian_aligned":
     # noise_scales = sigma / sqrt(B) per config; z is (S, d).
     return (eigenvalues * delta
             + noise_scales[None, :, None] * jnp.sqrt(eigenvalues) * z[:, None, :])
-  features = jnp.sqrt(eigenvalues) * z[..., :d]                    # (S, B, d)
-  label_noise = noise_std * z[..., d]                               # (S, B)
+  features = jnp.sqrt(eigenvalues) * z[0]                          # (S, B, d)
+  label_noise = noise_std * z[1]                                    # (S, B)
   residual = jnp.einsum("sbd,scd->scb", features, delta) - label_noise[:, None, :]
   return jnp.einsum("sbd,scb->scd", features, residual) / features.shape[1]
 
@@ -124,7 +126,7 @@ def _run_grid(eigenvalues, theta_star, noise_std, seed_keys, learning_rates, noi
 
       def step(i, carry):
         theta, opt_state = carry
-        z_i = jax.lax.dynamic_index_in_dim(z, i, axis=1, keepdims=False)
+        z_i = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, 1, keepdims=False), z)
         grads = _noisy_gradients(eigenvalues, theta_star, noise_std, z_i, theta, noise_scales,
                                  noise_model)
         theta, opt_state = per_config(update)(learning_rates, grads, opt_state, theta)

@@ -1,0 +1,155 @@
+"""Throughput of the linreg simulator: coordinate-updates per second (d x runs x steps / s).
+
+    python benchmarks/linreg_bench.py [--quick] [--json PATH]
+
+Rows: the hessian-aligned model (O(d) per step) and the minibatch model (O(Bd) per
+step), each against
+
+* a plain NumPy loop of the same update, one run at a time as researchers write it
+  (steps looped in Python, coordinates vectorized; goal: the JAX simulator >= 20x
+  faster on CPU) -- and, for reference, a NumPy loop that also vectorizes the runs
+  (sharing each seed's noise across learning rates, as the simulator does), and
+* on a GPU, the memory-bandwidth floor: each coordinate-update must at least read
+  and write theta (2 x 4 bytes, float32; the noise is shared across configs and
+  amortized), so floor = bandwidth / 8 bytes per second (goal: >= 50% of it).
+
+Compilation is excluded (each program is run once before timing). Prints a table and
+writes JSON with the goal beside each figure. Never asserts on time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import jax
+import numpy as np
+import optax
+
+from signflax import linreg
+
+# Peak memory bandwidth (bytes/s) by device kind, from the vendors' data sheets.
+_BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12, "V100": 0.9e12, "L4": 0.3e12,
+              "A10": 0.6e12}
+_BYTES_PER_UPDATE = 8
+
+
+def _bandwidth_floor() -> tuple[float | None, str]:
+  device = jax.devices()[0]
+  if device.platform != "gpu":
+    return None, f"n/a on {device.platform.upper()}"
+  kind = device.device_kind
+  for name, bandwidth in _BANDWIDTH.items():
+    if name in kind:
+      return bandwidth / _BYTES_PER_UPDATE, f"{kind}: {bandwidth / 1e12:.2f} TB/s / 8 B"
+  return None, f"n/a (unknown bandwidth of {kind})"
+
+
+def _time_jax(problem, optimizer_fn, lrs, batch, steps, seeds, noise_model) -> float:
+  kwargs = dict(num_seeds=seeds, record_steps=[steps], noise_model=noise_model)
+  linreg.simulate(problem, optimizer_fn, lrs, [batch], steps, **kwargs)      # compile
+  start = time.perf_counter()
+  result = linreg.simulate(problem, optimizer_fn, lrs, [batch], steps, **kwargs)
+  elapsed = time.perf_counter() - start
+  assert np.all(np.isfinite(result.risk))
+  return problem.dim * seeds * len(lrs) * steps / elapsed
+
+
+def _numpy_gradient(rng, problem, delta, batch, noise_model, shape):
+  lam = np.asarray(problem.eigenvalues)
+  if noise_model == "hessian_aligned":
+    z = rng.standard_normal(shape + (problem.dim,), np.float32)
+    noise = problem.noise_std / np.sqrt(batch) * np.sqrt(lam) * z
+    return lam * delta + (noise[:, None, :] if shape else noise)
+  x = np.sqrt(lam) * rng.standard_normal(shape + (batch, problem.dim), np.float32)
+  eps = problem.noise_std * rng.standard_normal(shape + (batch,), np.float32)
+  if not shape:
+    return x.T @ (x @ delta - eps) / batch
+  residual = np.einsum("sbd,scd->scb", x, delta) - eps[:, None, :]
+  return np.einsum("sbd,scb->scd", x, residual) / batch
+
+
+def _time_numpy(problem, lrs, batch, steps, seeds, noise_model, sign: bool,
+                vectorized: bool) -> float:
+  """The same update as a NumPy loop over steps: one run at a time (``vectorized=False``,
+  two runs timed) or all runs at once."""
+  rng = np.random.default_rng(0)
+  target = np.asarray(problem.theta_star)
+  runs = seeds * len(lrs) if vectorized else 2
+  start = time.perf_counter()
+  if vectorized:
+    eta = np.asarray(lrs, np.float32)[None, :, None]
+    theta = np.zeros((seeds, len(lrs), problem.dim), np.float32)
+    for _ in range(steps):
+      grad = _numpy_gradient(rng, problem, theta - target, batch, noise_model, (seeds,))
+      theta -= eta * (np.sign(grad) if sign else grad)
+  else:
+    for eta in lrs[:runs]:
+      theta = np.zeros(problem.dim, np.float32)
+      for _ in range(steps):
+        grad = _numpy_gradient(rng, problem, theta - target, batch, noise_model, ())
+        theta -= np.float32(eta) * (np.sign(grad) if sign else grad)
+  elapsed = time.perf_counter() - start
+  return problem.dim * runs * steps / elapsed
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
+  parser.add_argument("--json", default="linreg_bench.json", help="where to write results")
+  args = parser.parse_args(argv)
+  scale = 4 if args.quick else 1
+  floor, floor_note = _bandwidth_floor()
+  cases = [
+      # (noise model, optimizer, d, seeds, n_lr, batch, steps, numpy steps)
+      ("hessian_aligned", "sign_sgd", 2000, 8, 32, 16, 4000 // scale, 200 // scale),
+      ("hessian_aligned", "sgd", 2000, 8, 32, 16, 4000 // scale, 200 // scale),
+      ("minibatch", "sign_sgd", 1000, 8, 16, 16, 1000 // scale, 100 // scale),
+      ("minibatch", "sign_sgd", 1000, 8, 16, 1, 4000 // scale, 200 // scale),
+  ]
+  rows = []
+  for noise_model, name, d, seeds, n_lr, batch, steps, np_steps in cases:
+    problem = linreg.power_law_problem(d, 4.0, 3.0)
+    lrs = list(np.geomspace(1e-4, 1e-1, n_lr))
+    fn = optax.sign_sgd if name == "sign_sgd" else optax.sgd
+    jax_rate = _time_jax(problem, fn, lrs, batch, steps, seeds, noise_model)
+    sign = name == "sign_sgd"
+    np_rate = _time_numpy(problem, lrs, batch, np_steps, seeds, noise_model, sign, False)
+    npv_rate = _time_numpy(problem, lrs, batch, np_steps, seeds, noise_model, sign, True)
+    rows.append(dict(noise_model=noise_model, optimizer=name, d=d, runs=seeds * n_lr,
+                     batch=batch, steps=steps, updates_per_s=jax_rate,
+                     numpy_updates_per_s=np_rate, vectorized_numpy_updates_per_s=npv_rate,
+                     speedup_vs_numpy=jax_rate / np_rate,
+                     speedup_vs_vectorized_numpy=jax_rate / npv_rate,
+                     speedup_goal=">= 20x (CPU)",
+                     fraction_of_bandwidth_floor=None if floor is None else jax_rate / floor,
+                     bandwidth_floor_goal=">= 50% (GPU)" if floor else floor_note))
+  device = jax.devices()[0]
+  print(f"linreg simulator throughput on {len(jax.devices())} x {device.device_kind} "
+        f"({device.platform}); bandwidth floor: {floor_note}")
+  header = f"{'model':<16} {'opt':<9} {'d':>5} {'runs':>5} {'B':>3} {'steps':>6} " \
+           f"{'updates/s':>10} {'numpy/s':>10} {'vs numpy (goal >=20x)':>22} " \
+           f"{'vec-numpy/s':>11} {'vs vec-numpy':>12} " \
+           f"{'of floor (goal >=50%)':>22}"
+  print(header)
+  print("-" * len(header))
+  for r in rows:
+    frac = ("n/a on CPU" if r["fraction_of_bandwidth_floor"] is None
+            else f"{r['fraction_of_bandwidth_floor']:.0%}")
+    print(f"{r['noise_model']:<16} {r['optimizer']:<9} {r['d']:>5} {r['runs']:>5} "
+          f"{r['batch']:>3} {r['steps']:>6} {r['updates_per_s']:>10.3g} "
+          f"{r['numpy_updates_per_s']:>10.3g} {r['speedup_vs_numpy']:>21.1f}x "
+          f"{r['vectorized_numpy_updates_per_s']:>11.3g} {r['speedup_vs_vectorized_numpy']:>11.1f}x "
+          f"{frac:>22}")
+  payload = dict(device=device.device_kind, platform=device.platform,
+                 num_devices=len(jax.devices()), bandwidth_floor_updates_per_s=floor,
+                 bandwidth_floor_note=floor_note, bytes_per_update=_BYTES_PER_UPDATE, rows=rows)
+  with open(args.json, "w") as f:
+    json.dump(payload, f, indent=1)
+  print(f"wrote {args.json}")
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())
