@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Train on a Cloud TPU VM slice: create (or reuse) it, copy the code, install, and run the
+# same `signflax train` command on every worker.
+#
+#   launch/tpu_pod.sh [--dry-run] [--relaunch] NAME ZONE ACCELERATOR [signflax train args...]
+#   launch/tpu_pod.sh my-pod us-central2-b v4-32 --config configs/lm/llama_100m.py --workdir gs://bucket/runs/l100m
+#
+# --relaunch: keep going after preemption: when the run ends without success, wait until
+# the slice is READY again (recreating a deleted/preempted one) and start the same command;
+# the trainer resumes from the latest checkpoint in --workdir (use a gs:// path or a disk
+# that outlives the VMs). --dry-run prints every command instead of running it.
+# Environment: RUNTIME_VERSION (default tpu-ubuntu2204-base), SPOT=1 for spot capacity,
+# PROJECT (default: gcloud's configured project), MAX_RELAUNCHES (default 100).
+set -euo pipefail
+
+DRY_RUN=0; RELAUNCH=0
+while [[ "${1:-}" == --* ]]; do
+  case "$1" in
+    --dry-run) DRY_RUN=1 ;;
+    --relaunch) RELAUNCH=1 ;;
+    *) echo "$0: unknown option $1; allowed: --dry-run, --relaunch" >&2; exit 2 ;;
+  esac
+  shift
+done
+if [[ $# -lt 3 ]]; then
+  echo "usage: $0 [--dry-run] [--relaunch] NAME ZONE ACCELERATOR [signflax train args...]" >&2
+  exit 2
+fi
+NAME=$1; ZONE=$2; ACCEL=$3; shift 3
+RUNTIME_VERSION=${RUNTIME_VERSION:-tpu-ubuntu2204-base}
+MAX_RELAUNCHES=${MAX_RELAUNCHES:-100}
+project=()
+[[ -n "${PROJECT:-}" ]] && project=(--project "$PROJECT")
+spot=()
+[[ "${SPOT:-0}" == 1 ]] && spot=(--spot)
+
+run() {  # print or execute one command
+  if ((DRY_RUN)); then printf '%q ' "$@"; echo; else "$@"; fi
+}
+tpu=(gcloud compute tpus tpu-vm)
+ssh_all() { run "${tpu[@]}" ssh "$NAME" --zone "$ZONE" "${project[@]}" --worker=all --command "$1"; }
+
+ensure_slice() {
+  if ((DRY_RUN)) || ! "${tpu[@]}" describe "$NAME" --zone "$ZONE" "${project[@]}" \
+      --format='value(state)' 2>/dev/null | grep -q READY; then
+    ((DRY_RUN)) || "${tpu[@]}" delete "$NAME" --zone "$ZONE" "${project[@]}" --quiet 2>/dev/null || true
+    run "${tpu[@]}" create "$NAME" --zone "$ZONE" "${project[@]}" \
+        --accelerator-type "$ACCEL" --version "$RUNTIME_VERSION" "${spot[@]}"
+  fi
+}
+
+deploy() {
+  local archive=/tmp/signflax-src.tar.gz
+  run git archive --format=tar.gz -o "$archive" HEAD
+  run "${tpu[@]}" scp "$archive" "$NAME:~/signflax-src.tar.gz" --zone "$ZONE" "${project[@]}" --worker=all
+  ssh_all "mkdir -p ~/signflax && tar xzf ~/signflax-src.tar.gz -C ~/signflax && cd ~/signflax && \
+python3 -m venv .venv && .venv/bin/pip install -q -e . 'jax[tpu]'"
+}
+
+train_cmd="cd ~/signflax && .venv/bin/signflax train $(printf '%q ' "$@")"
+
+attempt=0
+while :; do
+  ensure_slice
+  deploy
+  if ssh_all "$train_cmd"; then exit 0; fi
+  attempt=$((attempt + 1))
+  if ((!RELAUNCH || DRY_RUN)) || ((attempt >= MAX_RELAUNCHES)); then
+    ((DRY_RUN)) && exit 0
+    echo "$0: training failed (attempt $attempt)" >&2; exit 1
+  fi
+  echo "$0: run ended without success (attempt $attempt); relaunching after the slice is READY" >&2
+  sleep 60
+done
