@@ -30,8 +30,13 @@ def small_config(**overrides):
   return config
 
 
-def test_tiny_config_validates():
-  trainer.validate(cli.load_config_file(TINY_CONFIG))
+@pytest.mark.parametrize("name", ["tiny", "llama_100m", "gpt2_124m"])
+def test_lm_configs_validate(name):
+  config = cli.load_config_file(TINY_CONFIG.parent / f"{name}.py")
+  trainer.validate(config)
+  if name == "gpt2_124m":  # GPT-2 small's shape and size
+    _, shapes, _ = model_lib.abstract_model(trainer.model_config(config))
+    assert round(sum(x.size for x in jax.tree.leaves(shapes)) / 1e6) == 124
 
 
 @pytest.mark.parametrize("overrides,message", [

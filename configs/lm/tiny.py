@@ -55,7 +55,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
   config.train = ml_collections.ConfigDict(dict(
-      steps=600,
+      steps=400,
       global_batch_size=16,
       seq_len=128,
       grad_accum=1,           # microbatches per step; >= 2 also logs gradient-noise density
