@@ -2,8 +2,8 @@
 
 alpha=4, beta=3 (s=1): predicted exponents s/(s+1)=0.5 (SGD), 2s/(2s+1)=0.667
 (signSGD). beta in 3-4 gives clean asymptotes and alpha != beta avoids the one-step
-artifact (see the reference note). ~1 min on 2 CPU cores; scale up with e.g.
---config.dim=2000 --config.log2_budget_max=22 --config.num_seeds=64 on a GPU.
+artifact (see the reference note). ~2 min on 2 CPU cores; scale up with e.g.
+--config.dim=2000 --config.log2_budget_max=24 --config.num_seeds=64 on a GPU.
 """
 
 import ml_collections
@@ -24,10 +24,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.decay_fraction = 0.2
   # Grid: D = 2^8..2^16, B = 2^0..2^10, effective lr gamma = eta/B (SGD) or
   # eta/sqrt(B) (sign) on a log grid.
-  c.log2_budget_min = 8
-  c.log2_budget_max = 16
+  c.log2_budget_min = 10
+  c.log2_budget_max = 18
   c.log2_batch_min = 0
-  c.log2_batch_max = 10
+  c.log2_batch_max = 12
   c.lr_min = 2.0**-16
   c.lr_max = 1.0
   c.lr_points_per_octave = 1

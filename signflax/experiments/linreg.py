@@ -188,6 +188,22 @@ def _fit_law(config, name: str, sweep: linreg.BudgetSweep, mean) -> linreg.Scali
                                 steps, mean, initial=linreg.initial_risk(problem))
 
 
+def _exact_sgd_loss(config, name: str, sweep: linreg.BudgetSweep):
+  """Exact expected loss ``(D, B, lr)`` of the same grid for SGD (hessian-aligned noise,
+  constant learning rate; else None): a reference free of seed noise."""
+  if name != "sgd" or config.noise_model != "hessian_aligned" or config.schedule != "constant":
+    return None
+  steps = sweep.budgets[:, None, None] // sweep.batch_sizes[None, :, None]
+  loss = linreg.sgd_expected_risk(_problem(config), sweep.learning_rates[None],
+                                  sweep.batch_sizes[None, :, None], steps)
+  return np.where(steps >= 1, loss, np.inf)
+
+
+def _critical_batches(sweep: linreg.BudgetSweep, per_batch) -> np.ndarray:
+  return np.array([linreg.critical_batch_from_curve(sweep.batch_sizes, per_batch[i])
+                   for i in range(sweep.budgets.size)])
+
+
 def _table(header, rows) -> str:
   cells = [list(map(str, header))] + [[str(c) for c in row] for row in rows]
   widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
@@ -230,13 +246,9 @@ def _data_scaling(config, out: pathlib.Path, tb: _ScalarWriter) -> dict:
     fit = linreg.fit_power_law(sweep.budgets, best)
     predicted = linreg.data_scaling_exponent(family, s)
     law = _fit_law(config, name, sweep, mean)
-    exact = None
-    if name == "sgd" and config.noise_model == "hessian_aligned" and config.schedule == "constant":
-      steps = sweep.budgets[:, None, None] // sweep.batch_sizes[None, :, None]
-      exact_loss = linreg.sgd_expected_risk(problem, sweep.learning_rates[None],
-                                            sweep.batch_sizes[None, :, None], steps)
-      exact_loss = np.where(steps >= 1, exact_loss, np.inf)
-      exact = linreg.fit_power_law(sweep.budgets, linreg.best_over(exact_loss, (1, 2))[0])
+    exact_loss = _exact_sgd_loss(config, name, sweep)
+    exact = None if exact_loss is None else linreg.fit_power_law(
+        sweep.budgets, linreg.best_over(exact_loss, (1, 2))[0])
     rows.append([name, f"{predicted:.3f}", f"{fit.exponent:.3f} +- {fit.stderr:.3f}",
                  f"{exact.exponent:.3f}" if exact else "-", f"{best[-1]:.3e}",
                  int(sweep.batch_sizes[b_idx[-1]]), f"{sweep.learning_rates[b_idx[-1], lr_idx[-1]]:.3g}"])
@@ -275,15 +287,21 @@ def _batch_scaling(config, out: pathlib.Path, tb: _ScalarWriter) -> dict:
     sweep = _grid_sweep(config, name)
     mean = linreg.seed_mean(sweep.loss)
     per_batch, _ = linreg.best_over(mean, 2)                                # (D, B)
-    critical = np.array([linreg.critical_batch_from_curve(sweep.batch_sizes, per_batch[i])
-                         for i in range(sweep.budgets.size)])
+    critical = _critical_batches(sweep, per_batch)
     growth = -linreg.fit_power_law(sweep.budgets, critical).exponent
+    exact_loss = _exact_sgd_loss(config, name, sweep)
+    exact_growth = None
+    if exact_loss is not None:
+      exact_critical = _critical_batches(sweep, linreg.best_over(exact_loss, 2)[0])
+      exact_growth = -linreg.fit_power_law(sweep.budgets, exact_critical).exponent
     predicted = linreg.critical_batch_exponent(family, s)
     law = _fit_law(config, name, sweep, mean)
     predicted_critical = float(linreg.critical_batch_size(law, sweep.budgets[-1]))
-    rows.append([name, f"{predicted:.3f}", f"{growth:.3f}", f"{critical[-1]:.3g}",
+    rows.append([name, f"{predicted:.3f}", f"{growth:.3f}",
+                 "-" if exact_growth is None else f"{exact_growth:.3f}", f"{critical[-1]:.3g}",
                  f"{predicted_critical:.3g}"])
     summary[name] = dict(family=family, predicted_exponent=predicted, measured_exponent=growth,
+                         exact_sgd_exponent=exact_growth,
                          measured_critical_batch=critical, budgets=sweep.budgets,
                          predicted_critical_batch_at_max_budget=predicted_critical,
                          scaling_law=law._asdict())
@@ -304,7 +322,7 @@ def _batch_scaling(config, out: pathlib.Path, tb: _ScalarWriter) -> dict:
   fig.savefig(out / "batch_scaling.png", dpi=120)
   plt.close(fig)
   table = _table(["optimizer", "predicted B* exponent", "measured B* exponent",
-                  "measured B* at D_max", "fitted-law B* at D_max"], rows)
+                  "exact SGD recursion", "measured B* at D_max", "fitted-law B* (c=1)"], rows)
   return dict(table=table, summary=summary, arrays=arrays)
 
 
