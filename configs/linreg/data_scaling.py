@@ -22,7 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.optimizers = ("sgd", "sign_sgd")
   c.schedule = "constant"                # or "wsd" (runs grouped by horizon K = D/B)
   c.decay_fraction = 0.2
-  # Grid: D = 2^8..2^16, B = 2^0..2^10, effective lr gamma = eta/B (SGD) or
+  # Grid: D = 2^10..2^18, B = 2^0..2^12, effective lr gamma = eta/B (SGD) or
   # eta/sqrt(B) (sign) on a log grid.
   c.log2_budget_min = 10
   c.log2_budget_max = 18
