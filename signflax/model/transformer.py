@@ -53,8 +53,12 @@ class TransformerConfig:
 
   @classmethod
   def from_config(cls, model_config) -> "TransformerConfig":
-    fields = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in dict(model_config).items() if k in fields})
+    fields = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(dict(model_config)) - set(fields))
+    if unknown:
+      raise ValueError(f"config.model: unknown field(s) {', '.join(unknown)}; fields: "
+                       f"{', '.join(fields)}")
+    return cls(**dict(model_config))
 
   @property
   def kv_heads(self) -> int:
@@ -82,6 +86,9 @@ class TransformerConfig:
     if self.attention_impl not in ATTENTION_IMPLEMENTATIONS:
       raise ValueError(f"config.model.attention_impl: {self.attention_impl!r} is not one of "
                        f"{list(ATTENTION_IMPLEMENTATIONS)}")
+    if self.attention_impl == "cudnn" and self.dtype == "float32":
+      raise ValueError("config.model.attention_impl: 'cudnn' needs dtype bfloat16 or float16, "
+                       "got float32")
     for name in ("vocab_size", "num_layers", "d_model", "num_heads", "max_seq_len"):
       if getattr(self, name) < 1:
         raise ValueError(f"config.model.{name}: must be positive, got {getattr(self, name)}")
