@@ -165,6 +165,10 @@ def test_results_do_not_depend_on_device_count_or_grid():
     sub = linreg.simulate(p, optax.sign_sgd, [0.05], batches, 130,
                           **{**kwargs, "num_seeds": 3})
     np.testing.assert_array_equal(sub.risk, eight.risk[:3, :, 1:])
+    # ... and so does recording the risk elsewhere (segments split noise chunks).
+    final = linreg.simulate(p, optax.sign_sgd, [0.01, 0.05], batches, 130,
+                            **{**kwargs, "record_steps": [130]})
+    np.testing.assert_array_equal(final.risk[..., -1], eight.risk[..., -1])
     assert np.all(np.isfinite(one.risk)) and np.ptp(one.risk[..., -1]) > 0
 
 

@@ -13,10 +13,11 @@ gradient-noise models (Li et al. 2026, Sec. 2 and App. C.2):
 Layout. The state is ``(seeds, configs, d)``, a config being one (batch size,
 learning rate) pair. The seed axis is sharded over a 1-D device mesh (padded to a
 multiple of the device count); all configs of one seed share that seed's random
-numbers (common random numbers), drawn from ``fold_in(fold_in(key, seed), step)``,
-so every run is reproducible and independent of the device count, of the other
-configs in the grid and of where the risk is recorded (noise for a chunk of
-steps is drawn at once, see ``noise_chunk_size``). The excess risk is recorded
+numbers (common random numbers). Step k's noise is row ``k % U`` of a chunk drawn
+from ``fold_in(fold_in(PRNGKey(seed), seed_index), k // U)`` (``U`` from
+``noise_chunk_size``: one draw per U steps, not per step), so every run is
+reproducible and independent of the device count, of the other configs in the grid
+and of where the risk is recorded. The excess risk is recorded
 at given steps by a ``lax.scan`` over segments, so memory does not grow with the
 step count.
 """
@@ -30,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from signflax.linreg.problems import PowerLawProblem
@@ -222,6 +224,8 @@ def simulate(problem: PowerLawProblem, optimizer_fn: OptimizerFn, learning_rates
                    optimizer_fn=optimizer_fn, noise_model=noise_model,
                    minibatch_size=int(batch_sizes[0]) if noise_model == "minibatch" else 1,
                    sharding=runs)
+  if jax.process_count() > 1:  # Seeds live on several hosts: gather them everywhere.
+    risk = multihost_utils.process_allgather(risk, tiled=True)
   risk = np.asarray(risk)[:, :num_seeds]                       # (R, S, C)
   risk = risk.reshape(steps.size, num_seeds, batch_sizes.size, lrs.shape[1])
   return SimulationResult(steps=steps, risk=np.moveaxis(risk, 0, -1),
