@@ -133,6 +133,40 @@ class Evaluator:
     return float(np.mean(jax.device_get(losses)))
 
 
+def _train_loop(config, state, train_step, train_iter, evaluate, writer, batch_sharding, *,
+                flops_per_token: float, peak_flops: float | None):
+  """Steps from ``state.step`` to ``config.train.steps``; logs every ``log_every`` steps.
+
+  Logged train_loss is the mean over the interval; the other train metrics are
+  the interval's last step. Returns the last logged metrics.
+  """
+  t = config.train
+  tokens_per_step = t.global_batch_size * t.seq_len
+  progress = metrics_lib.ProgressBar(t.steps, enabled=jax.process_index() == 0)
+  first = int(state.step) + 1
+  loss_sum, last_time, last_step, out = jnp.zeros(()), time.monotonic(), first - 1, {}
+  for step in range(first, t.steps + 1):
+    state, step_metrics = train_step(state, _global_batch(next(train_iter), batch_sharding))
+    loss_sum = loss_sum + step_metrics["loss"]  # stays on device: no sync per step
+    if step % t.log_every and step != t.steps:
+      continue
+    out = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+    step_time = (time.monotonic() - last_time) / (step - last_step)
+    tokens_per_s = tokens_per_step / step_time
+    out["step_loss"] = out.pop("loss")
+    out.update(train_loss=float(loss_sum) / (step - last_step), step_time_s=step_time,
+               tokens_per_s=tokens_per_s,
+               mfu=(flops_per_token * tokens_per_s / (peak_flops * jax.device_count())
+                    if peak_flops else None))
+    if (t.eval_every and step % t.eval_every == 0) or step == t.steps:
+      out["eval_loss"] = evaluate(state.params)
+    writer.write(step, out)
+    progress.update(step, out["train_loss"], tokens_per_s)
+    loss_sum, last_time, last_step = jnp.zeros(()), time.monotonic(), step
+  progress.close()
+  return state, out
+
+
 def run(config, workdir: str) -> int:
   """Trains ``config`` and writes results to ``workdir``; returns the exit code."""
   workdir = pathlib.Path(workdir)
@@ -150,9 +184,6 @@ def run(config, workdir: str) -> int:
   graphdef, param_shapes, param_axes = model_lib.abstract_model(cfg)
   num_params = sum(x.size for x in jax.tree.leaves(param_shapes))
   tx, schedule = optimizer_lib.make_optimizer(config.optimizer, t.steps, param_axes)
-  tokens_per_step = t.global_batch_size * t.seq_len
-  flops_per_token = model_lib.flops_per_token(cfg, t.seq_len)
-  peak = metrics_lib.peak_flops_per_device()
 
   if is_main:
     workdir.mkdir(parents=True, exist_ok=True)
@@ -169,50 +200,35 @@ def run(config, workdir: str) -> int:
   with jax.set_mesh(mesh):
     start = time.monotonic()
     state, shardings = step_lib.create_sharded_state(cfg, tx, mesh, param_axes, t.seed)
-    train_step = step_lib.jit_train_step(
-        step_lib.make_train_step(graphdef, tx, schedule, grad_accum=t.grad_accum,
-                                 noise_stats=t.noise_stats), mesh, shardings)
-    evaluate = Evaluator(config, step_lib.jit_eval_step(step_lib.make_eval_step(graphdef), mesh,
-                                                        shardings), batch_sharding)
     train_iter = data_lib.make_iterator(config.data, split="train", seq_len=t.seq_len,
                                         global_batch_size=t.global_batch_size, seed=t.seed,
                                         process_index=jax.process_index(),
                                         process_count=jax.process_count())
-    batch = _global_batch(next(train_iter), batch_sharding)
-    train_step = train_step.lower(state, batch).compile()
+    # (Checkpointing slots in here: restore state and train_iter.get_state(); the
+    # loop resumes from state.step.)
+    abstract_batch = {k: jax.ShapeDtypeStruct((t.global_batch_size, t.seq_len), jnp.int32,
+                                              sharding=batch_sharding)
+                      for k in ("inputs", "targets")}
+    train_step = step_lib.jit_train_step(
+        step_lib.make_train_step(graphdef, tx, schedule, grad_accum=t.grad_accum,
+                                 noise_stats=t.noise_stats), mesh, shardings
+    ).lower(state, abstract_batch).compile()
     compile_s = time.monotonic() - start
+    evaluate = Evaluator(config, step_lib.jit_eval_step(step_lib.make_eval_step(graphdef), mesh,
+                                                        shardings), batch_sharding)
     eval_loss = evaluate(state.params)
-    writer.write(0, {"eval_loss": eval_loss, "eval_unigram_entropy": unigram,
-                     "num_params": num_params, "compile_time_s": compile_s})
-    _log(f"compiled in {compile_s:.1f}s; step 0 eval loss {eval_loss:.4f}")
-
-    progress = metrics_lib.ProgressBar(t.steps, enabled=is_main)
-    loss_sum, last_time, last_step = jnp.zeros(()), time.monotonic(), 0
-    for step in range(1, t.steps + 1):
-      if step > 1:
-        batch = _global_batch(next(train_iter), batch_sharding)
-      state, step_metrics = train_step(state, batch)
-      loss_sum = loss_sum + step_metrics["loss"]
-      if step % t.log_every and step != t.steps:
-        continue
-      out = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-      now = time.monotonic()
-      step_time = (now - last_time) / (step - last_step)
-      tokens_per_s = tokens_per_step / step_time
-      out["train_loss"] = float(loss_sum) / (step - last_step)
-      out["step_loss"] = out.pop("loss")
-      out.update(step_time_s=step_time, tokens_per_s=tokens_per_s,
-                 mfu=flops_per_token * tokens_per_s / (peak * jax.device_count()) if peak
-                 else None)
-      if (t.eval_every and step % t.eval_every == 0) or step == t.steps:
-        out["eval_loss"] = evaluate(state.params)
-      writer.write(step, out)
-      progress.update(step, out["train_loss"], tokens_per_s)
-      loss_sum, last_time, last_step = jnp.zeros(()), time.monotonic(), step
-    progress.close()
+    writer.write(int(state.step), {"eval_loss": eval_loss, "eval_unigram_entropy": unigram,
+                                   "num_params": num_params, "compile_time_s": compile_s})
+    _log(f"compiled in {compile_s:.1f}s; step {int(state.step)} eval loss {eval_loss:.4f}")
+    train_start = time.monotonic()
+    state, last = _train_loop(config, state, train_step, train_iter, evaluate, writer,
+                              batch_sharding, flops_per_token=model_lib.flops_per_token(
+                                  cfg, t.seq_len),
+                              peak_flops=metrics_lib.peak_flops_per_device())
   writer.close()
-  total = time.monotonic() - start
-  _log(f"done: {t.steps} steps in {total:.0f}s (compile {compile_s:.0f}s) | final eval loss "
-       f"{out['eval_loss']:.4f} nats/token vs eval unigram entropy {unigram:.4f} | "
-       f"{tokens_per_step * t.steps / max(total - compile_s, 1e-9):,.0f} tokens/s | {workdir}")
+  train_s = time.monotonic() - train_start
+  _log(f"done: {t.steps} steps in {time.monotonic() - start:.0f}s (compile {compile_s:.0f}s) | "
+       f"final eval loss {last.get('eval_loss', float('nan')):.4f} nats/token vs eval unigram "
+       f"entropy {unigram:.4f} | {t.global_batch_size * t.seq_len * t.steps / train_s:,.0f} "
+       f"tokens/s with evals | {workdir}")
   return 0
