@@ -4,11 +4,13 @@ import json
 import pathlib
 
 import jax
+import numpy as np
 import pytest
 
 from signflax import cli
 from signflax import model as model_lib
 from signflax.train import optimizer as optimizer_lib
+from signflax.train import step as step_lib
 from signflax.train import trainer
 
 TINY_CONFIG = pathlib.Path(__file__).resolve().parent.parent / "configs" / "lm" / "tiny.py"
@@ -117,3 +119,27 @@ def test_short_runs_learn_are_deterministic_and_log(tmp_path):
   before = (runs[0] / "metrics.jsonl").read_text()
   assert trainer.run(config, str(runs[0])) == 2
   assert (runs[0] / "metrics.jsonl").read_text() == before
+
+
+def test_accumulation_paths_agree():
+  """grad_accum=2 with and without noise stats equals one full-batch step (SGD)."""
+  cfg = model_lib.TransformerConfig(vocab_size=64, num_layers=1, d_model=32, num_heads=2,
+                                    max_seq_len=8)
+  graphdef, _, axes = model_lib.abstract_model(cfg)
+  opt = small_config(**{"optimizer.name": "sgd", "optimizer.schedule": "constant",
+                        "optimizer.warmup_steps": 0}).optimizer
+  tx, schedule = optimizer_lib.make_optimizer(opt, 10, axes)
+  state = jax.device_get(step_lib.init_state(cfg, tx, jax.random.key(0)))
+  tokens = np.random.default_rng(0).integers(0, 64, (4, 9)).astype(np.int32)
+  batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
+  results = []
+  for accum, noise in ((1, False), (2, False), (2, True)):
+    step = jax.jit(step_lib.make_train_step(graphdef, tx, schedule, grad_accum=accum,
+                                            noise_stats=noise))
+    results.append(jax.device_get(step(state, batch)))
+  (ref, ref_m), *others = results
+  for new, m in others:
+    np.testing.assert_allclose(m["loss"], ref_m["loss"], rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(ref.params)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  assert "noise_density" in others[1][1] and "noise_density" not in others[0][1]
