@@ -65,21 +65,40 @@ def resolve_coeffs(coeffs: Union[str, Any], steps: int) -> tuple[np.ndarray | ja
   return table, 1.0
 
 
-def _whole_matrices(x: jax.Array) -> jax.Array:
-  """Unshards the last two axes of ``x`` where they are sharded over explicit mesh axes.
+def _batch_axis_spec(batch: int, mesh) -> tuple[str, ...] | None:
+  """Mesh axes (in order, size > 1) whose product divides ``batch``: where to spread it."""
+  axes, size = [], 1
+  for name, n in zip(mesh.axis_names, mesh.axis_sizes):
+    if n > 1 and batch % (size * n) == 0:
+      axes.append(name)
+      size *= n
+  return tuple(axes) or None
 
-  Newton-Schulz then runs on whole matrices per device: no all-reduce of a Gram matrix
-  per iteration, and no ambiguous sharded contraction under ``AxisType.Explicit``.
-  Leading (batch) axes keep their sharding. A no-op for unsharded or ``Auto`` arrays.
+
+def _whole_matrices(x: jax.Array) -> jax.Array:
+  """Places a stack of matrices ``(B, m, n)`` so each device holds whole matrices.
+
+  Newton-Schulz then runs without communication: no Gram matrix is all-reduced and no
+  operand all-gathered inside the iteration, only one re-layout before and after.
+
+  * Explicitly sharded arrays (``AxisType.Explicit``): the matrix axes are unsharded,
+    the batch axis keeps its sharding.
+  * Under a mesh context (``jax.set_mesh``, as the trainer runs): the batch axis is
+    spread over the mesh axes whose sizes divide it, the matrix axes replicated.
+  * Otherwise (no mesh, nothing sharded): unchanged.
   """
   sharding = getattr(jax.typeof(x), "sharding", None)
-  if not isinstance(sharding, jax.sharding.NamedSharding):
+  if isinstance(sharding, jax.sharding.NamedSharding) and any(
+      t == jax.sharding.AxisType.Explicit for t in sharding.mesh.axis_types):
+    spec = tuple(sharding.spec) + (None,) * (x.ndim - len(sharding.spec))
+    if spec[-2] is None and spec[-1] is None:
+      return x
+    target = jax.sharding.NamedSharding(sharding.mesh, jax.P(*spec[:-2], None, None))
+    return jax.sharding.reshard(x, target)
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or x.ndim != 3 or mesh.size == 1:
     return x
-  spec = tuple(sharding.spec) + (None,) * (x.ndim - len(sharding.spec))
-  if spec[-2] is None and spec[-1] is None:
-    return x
-  target = jax.sharding.NamedSharding(sharding.mesh, jax.P(*spec[:-2], None, None))
-  return jax.sharding.reshard(x, target)
+  return jax.lax.with_sharding_constraint(x, jax.P(_batch_axis_spec(x.shape[0], mesh), None, None))
 
 
 def orthogonalize(x: jax.Array, *, steps: int = 5, coeffs: Union[str, Any] = "quintic",
@@ -117,7 +136,6 @@ def orthogonalize(x: jax.Array, *, steps: int = 5, coeffs: Union[str, Any] = "qu
     raise ValueError(f"x: orthogonalize needs ndim >= 2, got shape {x.shape}")
   table, safety = resolve_coeffs(coeffs, steps)
   out_dtype = x.dtype
-  x = _whole_matrices(x)
   wide = x.shape[-2] <= x.shape[-1]
   if not wide:
     x = jnp.swapaxes(x, -1, -2)
@@ -160,7 +178,7 @@ def _orthogonalize_grouped(leaves: list[jax.Array], **ns_kwargs) -> list[jax.Arr
   for members in groups.values():
     mats = [stacks[i][0] for i in members]
     batch = mats[0] if len(mats) == 1 else jnp.concatenate(mats, axis=0)
-    out = orthogonalize(batch, **ns_kwargs)
+    out = orthogonalize(_whole_matrices(batch), **ns_kwargs)
     offsets = np.cumsum([0] + [m.shape[0] for m in mats])
     for i, start, stop in zip(members, offsets[:-1], offsets[1:]):
       piece = out[start:stop]
