@@ -249,12 +249,15 @@ def _data_scaling(config, out: pathlib.Path, tb: _ScalarWriter) -> dict:
     exact_loss = _exact_sgd_loss(config, name, sweep)
     exact = None if exact_loss is None else linreg.fit_power_law(
         sweep.budgets, linreg.best_over(exact_loss, (1, 2))[0])
+    law_best = linreg.optimal_loss(law, sweep.budgets, sweep.batch_sizes[0])
     rows.append([name, f"{predicted:.3f}", f"{fit.exponent:.3f} +- {fit.stderr:.3f}",
                  f"{exact.exponent:.3f}" if exact else "-", f"{best[-1]:.3e}",
+                 f"{law_best[-1]:.3e}",
                  int(sweep.batch_sizes[b_idx[-1]]), f"{sweep.learning_rates[b_idx[-1], lr_idx[-1]]:.3g}"])
     summary[name] = dict(family=family, predicted_exponent=predicted, measured_exponent=fit.exponent,
                          measured_stderr=fit.stderr, exact_sgd_exponent=exact and exact.exponent,
-                         budgets=sweep.budgets, best_loss=best, scaling_law=law._asdict())
+                         budgets=sweep.budgets, best_loss=best, scaling_law=law._asdict(),
+                         fitted_law_best_loss=law_best)
     arrays[f"{name}_loss"] = sweep.loss
     arrays[f"{name}_learning_rates"] = sweep.learning_rates
     for d, value in zip(sweep.budgets, best):
@@ -263,6 +266,7 @@ def _data_scaling(config, out: pathlib.Path, tb: _ScalarWriter) -> dict:
     theory_line = best[-1] * (sweep.budgets / sweep.budgets[-1]) ** -predicted
     ax.loglog(sweep.budgets, theory_line, "--", color=line.get_color(),
               label=f"D^-{predicted:.2f} (theory)")
+    ax.loglog(sweep.budgets, law_best, ":", color=line.get_color(), label="fitted scaling law")
   arrays["budgets"] = sweep.budgets
   arrays["batch_sizes"] = sweep.batch_sizes
   ax.set(xlabel="data budget D", ylabel="best excess risk over (eta, B)",
@@ -272,7 +276,7 @@ def _data_scaling(config, out: pathlib.Path, tb: _ScalarWriter) -> dict:
   fig.savefig(out / "data_scaling.png", dpi=120)
   plt.close(fig)
   table = _table(["optimizer", "predicted exponent", "measured exponent", "exact SGD recursion",
-                  "best loss at D_max", "B*", "eta*"], rows)
+                  "best loss at D_max", "fitted law at D_max", "B*", "eta*"], rows)
   return dict(table=table, summary=summary, arrays=arrays)
 
 

@@ -67,15 +67,16 @@ def fit_scaling_law(family: str, s: float, learning_rates, batch_sizes, steps, l
   """Fits the constants of ``theory.predicted_loss`` to measured losses.
 
   The law is linear in its constants, so this is a least-squares fit of relative
-  error (each row divided by the measured loss) over the finite points outside
-  burn-in (:math:`\\eta k \\ge 1`, sign methods only); constants that come out
+  error (each row divided by the measured loss) over the finite points with
+  :math:`\\eta k \\ge 1` (outside burn-in) and, for SGD, :math:`\\eta \\le 1/2` (the law
+  has no instability term); constants that come out
   negative are dropped (set to 0) and the rest refitted.
   """
   eta, batch, k, loss = (np.asarray(a, np.float64).ravel() for a in
                          np.broadcast_arrays(learning_rates, batch_sizes, steps, loss))
-  ok = np.isfinite(loss) & (loss > 0)
-  if family != "sgd":
-    ok &= eta * k >= 1
+  ok = np.isfinite(loss) & (loss > 0) & (eta * k >= 1)
+  if family == "sgd":
+    ok &= eta <= 0.5        # the law has no term for SGD's instability at eta ~ 1
   if not ok.any():
     raise ValueError("fit_scaling_law: no finite points outside burn-in")
   terms = theory.scaling_law_terms(family, s, eta[ok], batch[ok], k[ok]) / loss[ok, None]
