@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Callable, NamedTuple, Union
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +25,6 @@ from signflax.linreg.problems import PowerLawProblem
 OPTIMIZER_FAMILIES = ("sgd", "sign")
 REGIMES = ("burn-in", "scaling", "unstable")
 
-LearningRate = Union[float, Callable[[jnp.ndarray], jnp.ndarray]]
 
 
 # ----------------------------------------------------------------------------- SGD, exact
