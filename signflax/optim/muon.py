@@ -238,11 +238,7 @@ def scale_by_muon(beta: float = 0.95, *, nesterov: bool = True, steps: int = 5,
 
   def update_fn(updates, state, params=None):
     del params
-    momentum = jax.tree.map(lambda g, m: (1 - beta) * g + beta * m, updates, state.momentum)
-    if nesterov:
-      direction = jax.tree.map(lambda g, m: (1 - beta) * g + beta * m, updates, momentum)
-    else:
-      direction = momentum
+    momentum, direction = transforms.momentum_direction(updates, state.momentum, beta, nesterov)
     leaves, treedef = jax.tree.flatten(direction)
     ortho = _orthogonalize_grouped(leaves, **ns_kwargs)
     scaled = [o * jnp.asarray(_shape_scale(o.shape, scale, rms_target), o.dtype) for o in ortho]

@@ -32,6 +32,20 @@ def scale_by_sign() -> optax.GradientTransformation:
   return optax.GradientTransformation(optax.init_empty_state, update_fn)
 
 
+def momentum_direction(updates: optax.Updates, momentum: optax.Updates, beta: float,
+                       nesterov: bool) -> tuple[optax.Updates, optax.Updates]:
+  r"""One EMA step and the direction to use: ``(m_t, m_t or the Nesterov look-ahead)``.
+
+  .. math::  m_t = \beta m_{t-1} + (1 - \beta) g_t, \qquad
+             d_t = \beta m_t + (1 - \beta) g_t \ \text{(Nesterov)}
+
+  Written in ``optax.tree.update_moment``'s operand order, so results are bit-identical.
+  """
+  ema = lambda g, m: (1 - beta) * g + beta * m
+  momentum = jax.tree.map(ema, updates, momentum)
+  return momentum, jax.tree.map(ema, updates, momentum) if nesterov else momentum
+
+
 class ScaleBySignumState(NamedTuple):
   """State of :func:`scale_by_signum`: the momentum (an EMA of gradients)."""
   momentum: optax.Updates
@@ -65,12 +79,7 @@ def scale_by_signum(beta: float = 0.9, *, nesterov: bool = False,
 
   def update_fn(updates, state, params=None):
     del params
-    # Same expression order as optax.tree.update_moment, so results are bit-identical.
-    momentum = jax.tree.map(lambda g, m: (1 - beta) * g + beta * m, updates, state.momentum)
-    if nesterov:
-      direction = jax.tree.map(lambda g, m: (1 - beta) * g + beta * m, updates, momentum)
-    else:
-      direction = momentum
+    momentum, direction = momentum_direction(updates, state.momentum, beta, nesterov)
     signs = jax.tree.map(lambda d, g: jnp.sign(d).astype(g.dtype), direction, updates)
     return signs, ScaleBySignumState(momentum=optax.tree.cast(momentum, mu_dtype))
 
