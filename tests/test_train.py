@@ -115,9 +115,9 @@ def test_short_runs_learn_are_deterministic_and_log(tmp_path):
       _tensorboard_tags(runs[0])
   assert json.loads((runs[0] / "config.json").read_text())["optimizer"]["name"] == "adamw"
 
-  # a second run into a used workdir refuses and leaves the logs alone
+  # a second run into a finished workdir resumes at the last step: nothing to do, logs alone
   before = (runs[0] / "metrics.jsonl").read_text()
-  assert trainer.run(config, str(runs[0])) == 2
+  assert trainer.run(config, str(runs[0])) == 0
   assert (runs[0] / "metrics.jsonl").read_text() == before
 
 

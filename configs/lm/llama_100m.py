@@ -36,6 +36,9 @@ def get_config() -> ml_collections.ConfigDict:
       steps=20_000, global_batch_size=256, seq_len=1024, grad_accum=4, noise_stats=True,
       seed=0, log_every=50, eval_every=1000, eval_batches=20,
   ))
+  config.checkpoint = ml_collections.ConfigDict(dict(
+      every_steps=1000, keep=3, keep_period=5000, async_save=True, nan_policy="stop",
+      preemption_check_every=10))
   config.distributed = ml_collections.ConfigDict(dict(
       coordinator_address=None, num_processes=None, process_id=None, auto=True))
   return config

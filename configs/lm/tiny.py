@@ -66,6 +66,17 @@ def get_config() -> ml_collections.ConfigDict:
       eval_batches=8,         # 0 = the whole eval split
   ))
 
+  # Orbax checkpoints in workdir/checkpoints; a run in a workdir with checkpoints resumes.
+  config.checkpoint = ml_collections.ConfigDict(dict(
+      every_steps=100,        # also saved at the last step and on SIGTERM; 0 = only those
+      keep=3,                 # keep the latest 3 ...
+      keep_period=0,          # ... plus every step divisible by this (0 = none)
+      async_save=True,        # write in the background; the loop waits only for the host copy
+      nan_policy="stop",      # stop | skip: on a NaN/Inf loss stop (last good checkpoint kept)
+                              # or skip the step's update and count it (skipped_steps)
+      preemption_check_every=10,  # multi-process: steps between SIGTERM agreement checks
+  ))
+
   # Multi-process start-up (see signflax.parallel.maybe_initialize_distributed).
   config.distributed = ml_collections.ConfigDict(dict(
       coordinator_address=None, num_processes=None, process_id=None, auto=True))

@@ -4,9 +4,12 @@
 
 Config groups: ``model`` (``signflax.model.TransformerConfig`` fields),
 ``optimizer``, ``data`` (``signflax.data.default_data_config()``), ``mesh``
-(data/fsdp/tensor sizes, -1 = the rest), ``train`` and ``distributed``; see
-``configs/lm/tiny.py`` for every field. ``workdir`` receives ``config.json``,
-``metrics.jsonl`` and TensorBoard events under ``tb/``.
+(data/fsdp/tensor sizes, -1 = the rest), ``train``, ``checkpoint`` and
+``distributed``; see ``configs/lm/tiny.py`` for every field. ``workdir``
+receives ``config.json``, ``metrics.jsonl``, TensorBoard events under ``tb/``
+and Orbax checkpoints under ``checkpoints/``. A run started in a workdir that
+holds checkpoints resumes from the latest readable one (see
+``signflax.train.checkpoint``); SIGTERM saves a checkpoint and exits 0.
 """
 
 from __future__ import annotations
@@ -25,11 +28,13 @@ from signflax import data as data_lib
 from signflax import model as model_lib
 from signflax import optim
 from signflax import parallel
+from signflax.train import checkpoint as checkpoint_lib
 from signflax.train import metrics as metrics_lib
 from signflax.train import optimizer as optimizer_lib
+from signflax.train import preemption
 from signflax.train import step as step_lib
 
-GROUPS = ("model", "optimizer", "data", "mesh", "train")
+GROUPS = ("model", "optimizer", "data", "mesh", "train", "checkpoint")
 
 
 def _log(message: str) -> None:
@@ -62,6 +67,15 @@ def validate(config) -> None:
     _positive("train", name, t[name])
   for name in ("eval_every", "eval_batches", "seed"):
     _positive("train", name, t[name], minimum=0)
+
+  c = config.checkpoint
+  for name in ("every_steps", "keep_period"):
+    _positive("checkpoint", name, c[name], minimum=0)
+  _positive("checkpoint", "keep", c.keep)
+  _positive("checkpoint", "preemption_check_every", c.preemption_check_every)
+  if c.nan_policy not in preemption.NAN_POLICIES:
+    raise ValueError(f"config.checkpoint.nan_policy: {c.nan_policy!r} is not one of "
+                     f"{', '.join(preemption.NAN_POLICIES)}")
 
   if opt.name not in optim.OPTIMIZERS:
     raise ValueError(f"config.optimizer.name: {opt.name!r} is not one of "
@@ -133,47 +147,115 @@ class Evaluator:
     return float(np.mean(jax.device_get(losses)))
 
 
+def _loop_extra(train_iter, loss_sum, interval_start: int, skipped) -> dict:
+  """The JSON checkpoint item: data position and the open logging interval."""
+  return {"data": train_iter.get_state(),
+          "loop": {"loss_sum": checkpoint_lib.scalar_to_json(loss_sum),
+                   "interval_start": interval_start,
+                   "skipped_steps": checkpoint_lib.scalar_to_json(skipped)}}
+
+
 def _train_loop(config, state, train_step, train_iter, evaluate, writer, batch_sharding, *,
-                flops_per_token: float, peak_flops: float | None):
+                flops_per_token: float, peak_flops: float | None, ckpt, loop_state: dict,
+                stopper):
   """Steps from ``state.step`` to ``config.train.steps``; logs every ``log_every`` steps.
 
   Logged train_loss is the mean over the interval; the other train metrics are
-  the interval's last step. Returns the last logged metrics.
+  the interval's last step. Saves every ``checkpoint.every_steps``, at the last
+  step, and at the step a preemption notice is agreed on (then returns early).
+  Returns ``(state, last logged metrics, preempted)``.
   """
-  t = config.train
+  t, c = config.train, config.checkpoint
   tokens_per_step = t.global_batch_size * t.seq_len
   progress = metrics_lib.ProgressBar(t.steps, enabled=jax.process_index() == 0)
   first = int(state.step) + 1
-  loss_sum, last_time, last_step, out = jnp.zeros(()), time.monotonic(), first - 1, {}
+  last_step = loop_state.get("interval_start", first - 1)
+  loss_sum = jnp.float32(loop_state.get("loss_sum", 0.0))
+  skipped = jnp.float32(loop_state.get("skipped_steps", 0.0))
+  last_time, out, preempted = time.monotonic(), {}, False
+  last_saved = ckpt.all_steps()[-1] if ckpt.all_steps() else None
   for step in range(first, t.steps + 1):
     state, step_metrics = train_step(state, _global_batch(next(train_iter), batch_sharding))
     loss_sum = loss_sum + step_metrics["loss"]  # stays on device: no sync per step
-    if step % t.log_every and step != t.steps:
+    if "nonfinite" in step_metrics:
+      skipped = skipped + step_metrics["nonfinite"]
+    preempted = stopper.should_stop(step)
+    save = preempted or step == t.steps or (c.every_steps and step % c.every_steps == 0)
+    log = step % t.log_every == 0 or step == t.steps
+    if not (save or log):
       continue
-    out = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-    step_time = (time.monotonic() - last_time) / (step - last_step)
-    tokens_per_s = tokens_per_step / step_time
-    out["step_loss"] = out.pop("loss")
-    out.update(train_loss=float(loss_sum) / (step - last_step), step_time_s=step_time,
-               tokens_per_s=tokens_per_s,
-               mfu=(flops_per_token * tokens_per_s / (peak_flops * jax.device_count())
-                    if peak_flops else None))
-    if (t.eval_every and step % t.eval_every == 0) or step == t.steps:
-      out["eval_loss"] = evaluate(state.params)
-    writer.write(step, out)
-    progress.update(step, out["train_loss"], tokens_per_s)
-    loss_sum, last_time, last_step = jnp.zeros(()), time.monotonic(), step
+    host = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+    if c.nan_policy == "stop":
+      preemption.check_finite(step, host, last_saved)
+    if log:
+      out = host
+      step_time = (time.monotonic() - last_time) / (step - last_step)
+      tokens_per_s = tokens_per_step / step_time
+      out["step_loss"] = out.pop("loss")
+      out.update(train_loss=float(loss_sum) / (step - last_step), step_time_s=step_time,
+                 tokens_per_s=tokens_per_s,
+                 mfu=(flops_per_token * tokens_per_s / (peak_flops * jax.device_count())
+                      if peak_flops else None))
+      if "nonfinite" in out:
+        out["skipped_steps"] = float(skipped)
+      if (t.eval_every and step % t.eval_every == 0) or step == t.steps:
+        out["eval_loss"] = evaluate(state.params)
+      writer.write(step, out)
+      progress.update(step, out["train_loss"], tokens_per_s)
+      loss_sum, last_time, last_step = jnp.zeros((), jnp.float32), time.monotonic(), step
+    if save:
+      ckpt.save(step, state, _loop_extra(train_iter, loss_sum, last_step, skipped))
+      last_saved = step
+    if preempted:
+      writer.flush()
+      _log(f"preempted: checkpoint saved at step {step}; start the same command again to "
+           "resume")
+      break
   progress.close()
-  return state, out
+  return state, out, preempted
+
+
+def _workdir_error(workdir: pathlib.Path) -> str | None:
+  """Why ``workdir`` cannot hold this run (None if it can); checked before any device work."""
+  if workdir.exists() and not workdir.is_dir():
+    return f"--workdir: {workdir} exists and is not a directory"
+  ckpt_dir = workdir / "checkpoints"
+  has_checkpoints = ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir())
+  if (workdir / "metrics.jsonl").exists() and not has_checkpoints:
+    return (f"--workdir: {workdir} already holds metrics.jsonl from an earlier run but no "
+            "checkpoint to resume from; choose a new directory (nothing was changed)")
+  return None
+
+
+def _fail(message: str) -> int:
+  print(f"signflax train: error: {message}", file=sys.stderr, flush=True)
+  return 2
+
+
+def _checkpointer(config, workdir: pathlib.Path) -> checkpoint_lib.Checkpointer:
+  c = config.checkpoint
+  return checkpoint_lib.Checkpointer(workdir / "checkpoints", every_steps=c.every_steps or 1,
+                                     keep=c.keep, keep_period=c.keep_period,
+                                     async_save=c.async_save)
+
+
+def _abstract_state(cfg, tx, shardings):
+  abstract = jax.eval_shape(lambda: step_lib.init_state(cfg, tx, jax.random.key(0)))
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      abstract, shardings)
 
 
 def run(config, workdir: str) -> int:
-  """Trains ``config`` and writes results to ``workdir``; returns the exit code."""
+  """Trains ``config`` and writes results to ``workdir``; returns the exit code.
+
+  Resumes from ``workdir/checkpoints`` when it holds a checkpoint. Exit codes:
+  0 done or preempted (checkpoint saved), 1 non-finite loss, 2 bad workdir or
+  an incompatible/unreadable checkpoint (nothing in the workdir is changed).
+  """
   workdir = pathlib.Path(workdir)
-  if (workdir / "metrics.jsonl").exists():
-    print(f"signflax train: error: --workdir: {workdir} already holds metrics.jsonl from an "
-          "earlier run; choose a new directory (nothing was changed)", file=sys.stderr)
-    return 2
+  error = _workdir_error(workdir)
+  if error:
+    return _fail(error)
   parallel.maybe_initialize_distributed(config)
   t = config.train
   is_main = jax.process_index() == 0
@@ -185,50 +267,87 @@ def run(config, workdir: str) -> int:
   num_params = sum(x.size for x in jax.tree.leaves(param_shapes))
   tx, schedule = optimizer_lib.make_optimizer(config.optimizer, t.steps, param_axes)
 
-  if is_main:
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
-  writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
-  _log(f"model: {num_params / 1e6:.2f}M params, {cfg.num_layers} layers x {cfg.d_model} wide, "
-       f"vocab {cfg.vocab_size}, {cfg.dtype} compute | mesh {dict(mesh.shape)} on "
-       f"{jax.device_count()} x {jax.devices()[0].device_kind}")
-  unigram = data_lib.unigram_entropy(config.data, split="eval")
-  _log(f"data: {tokenizer.name} tokens; eval split unigram entropy {unigram:.4f} nats/token "
-       "(a context-free model's best loss)")
-
   batch_sharding = parallel.batch_sharding(mesh)
+  ckpt = _checkpointer(config, workdir)
   with jax.set_mesh(mesh):
     start = time.monotonic()
-    state, shardings = step_lib.create_sharded_state(cfg, tx, mesh, param_axes, t.seed)
+    shardings = step_lib.state_shardings(cfg, tx, mesh, param_axes)
+    try:
+      restored = ckpt.restore_latest(_abstract_state(cfg, tx, shardings))
+    except (checkpoint_lib.IncompatibleCheckpointError, RuntimeError) as e:
+      return _fail(str(e).replace("\n", " "))
+    if restored is None:
+      state, _ = step_lib.create_sharded_state(cfg, tx, mesh, param_axes, t.seed)
+    else:
+      state = restored.state
+      if int(state.step) >= t.steps:
+        _log(f"nothing to do: {workdir} holds a checkpoint at step {int(state.step)} >= "
+             f"config.train.steps={t.steps}")
+        ckpt.close()
+        return 0
+
+    if is_main:
+      workdir.mkdir(parents=True, exist_ok=True)
+      if restored is None or not (workdir / "config.json").exists():
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+    writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
+    _log(f"model: {num_params / 1e6:.2f}M params, {cfg.num_layers} layers x {cfg.d_model} "
+         f"wide, vocab {cfg.vocab_size}, {cfg.dtype} compute | mesh {dict(mesh.shape)} on "
+         f"{jax.device_count()} x {jax.devices()[0].device_kind}")
+    if restored is not None:
+      _log(f"resumed from the checkpoint at step {restored.step} in {ckpt.directory}")
+    unigram = data_lib.unigram_entropy(config.data, split="eval")
+    _log(f"data: {tokenizer.name} tokens; eval split unigram entropy {unigram:.4f} nats/token "
+         "(a context-free model's best loss)")
+
     train_iter = data_lib.make_iterator(config.data, split="train", seq_len=t.seq_len,
                                         global_batch_size=t.global_batch_size, seed=t.seed,
                                         process_index=jax.process_index(),
                                         process_count=jax.process_count())
-    # (Checkpointing slots in here: restore state and train_iter.get_state(); the
-    # loop resumes from state.step.)
+    if restored is not None:
+      train_iter.set_state(restored.extra["data"])
     abstract_batch = {k: jax.ShapeDtypeStruct((t.global_batch_size, t.seq_len), jnp.int32,
                                               sharding=batch_sharding)
                       for k in ("inputs", "targets")}
-    train_step = step_lib.jit_train_step(
-        step_lib.make_train_step(graphdef, tx, schedule, grad_accum=t.grad_accum,
-                                 noise_stats=t.noise_stats), mesh, shardings
-    ).lower(state, abstract_batch).compile()
+    step_fn = step_lib.make_train_step(graphdef, tx, schedule, grad_accum=t.grad_accum,
+                                       noise_stats=t.noise_stats)
+    if config.checkpoint.nan_policy == "skip":
+      step_fn = preemption.guard_nonfinite(step_fn)
+    train_step = step_lib.jit_train_step(step_fn, mesh, shardings
+                                         ).lower(state, abstract_batch).compile()
     compile_s = time.monotonic() - start
     evaluate = Evaluator(config, step_lib.jit_eval_step(step_lib.make_eval_step(graphdef), mesh,
                                                         shardings), batch_sharding)
     eval_loss = evaluate(state.params)
-    writer.write(int(state.step), {"eval_loss": eval_loss, "eval_unigram_entropy": unigram,
-                                   "num_params": num_params, "compile_time_s": compile_s})
+    record = {"eval_loss": eval_loss, "eval_unigram_entropy": unigram,
+              "num_params": num_params, "compile_time_s": compile_s}
+    if restored is not None:
+      record["resumed_from_step"] = restored.step
+    writer.write(int(state.step), record)
     _log(f"compiled in {compile_s:.1f}s; step {int(state.step)} eval loss {eval_loss:.4f}")
-    train_start = time.monotonic()
-    state, last = _train_loop(config, state, train_step, train_iter, evaluate, writer,
-                              batch_sharding, flops_per_token=model_lib.flops_per_token(
-                                  cfg, t.seq_len),
-                              peak_flops=metrics_lib.peak_flops_per_device())
+    train_start, first_step = time.monotonic(), int(state.step)
+    stopper = preemption.PreemptionHandler(
+        check_every=config.checkpoint.preemption_check_every)
+    try:
+      state, last, preempted = _train_loop(
+          config, state, train_step, train_iter, evaluate, writer, batch_sharding,
+          flops_per_token=model_lib.flops_per_token(cfg, t.seq_len),
+          peak_flops=metrics_lib.peak_flops_per_device(), ckpt=ckpt,
+          loop_state=restored.extra.get("loop", {}) if restored else {}, stopper=stopper)
+    except preemption.NonFiniteError as e:
+      ckpt.close()
+      writer.close()
+      print(f"signflax train: error: {e}", file=sys.stderr, flush=True)
+      return 1
+    finally:
+      stopper.restore()
+  ckpt.close()
   writer.close()
+  if preempted:
+    return 0
   train_s = time.monotonic() - train_start
   _log(f"done: {t.steps} steps in {time.monotonic() - start:.0f}s (compile {compile_s:.0f}s) | "
        f"final eval loss {last.get('eval_loss', float('nan')):.4f} nats/token vs eval unigram "
-       f"entropy {unigram:.4f} | {t.global_batch_size * t.seq_len * t.steps / train_s:,.0f} "
+       f"entropy {unigram:.4f} | {t.global_batch_size * t.seq_len * (t.steps - first_step) / train_s:,.0f} "
        f"tokens/s with evals | {workdir}")
   return 0
