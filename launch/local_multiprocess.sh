@@ -7,7 +7,8 @@
 # Each process sees DEVICES_PER_PROCESS CPU devices (default 2) and uses gloo collectives,
 # the way the tests prove the multi-host path without a cluster. Process 0 writes metrics.
 # Output of process I is prefixed [pI].
-# Exits with the first non-zero exit code (and stops the other processes).
+# Exits with the first non-zero exit code (and stops the other processes). SIGTERM/SIGINT to
+# this script are forwarded to every process: they agree on a step, checkpoint and exit 0.
 set -euo pipefail
 
 DRY_RUN=0
@@ -22,7 +23,7 @@ PORT=${PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1"
 SIGNFLAX=${SIGNFLAX:-signflax}
 
 pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; }
+cleanup() { for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done; }
 trap cleanup EXIT INT TERM
 
 for ((i = 0; i < N; i++)); do
@@ -35,7 +36,8 @@ for ((i = 0; i < N; i++)); do
   if ((DRY_RUN)); then
     printf '%q ' "${cmd[@]}"; echo
   else
-    ("${cmd[@]}" 2>&1 | sed -u "s/^/[p${i}] /") &
+    # $! is the trainer itself (env execs it), so SIGTERM reaches it: it checkpoints and exits 0.
+    "${cmd[@]}" > >(sed -u "s/^/[p${i}] /") 2>&1 &
     pids+=($!)
   fi
 done
@@ -43,8 +45,14 @@ done
 
 status=0
 for pid in "${pids[@]}"; do
-  if ! wait "$pid"; then
-    rc=$?; ((status == 0)) && status=$rc
+  while :; do
+    rc=0; wait "$pid" || rc=$?
+    # a trapped signal interrupts `wait` (rc > 128) while the process still runs: wait again
+    ((rc > 128)) && kill -0 "$pid" 2>/dev/null && continue
+    break
+  done
+  if ((rc != 0)); then
+    ((status == 0)) && status=$rc
     cleanup
   fi
 done

@@ -232,21 +232,41 @@ def test_bad_workdir_and_incompatible_checkpoint_exit_2(reference, tmp_path, cap
   assert _listing(workdir) == before
 
 
+def _launch_two(workdir, overrides):
+  env = dict(_env(2), DEVICES_PER_PROCESS="2", SIGNFLAX=f"{sys.executable} -m signflax.cli")
+  return subprocess.Popen(["bash", str(REPO / "launch" / "local_multiprocess.sh"), "2"]
+                          + _argv(workdir, **overrides)[1:], cwd=REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
 @pytest.mark.slow
-def test_two_processes_match_one_process_with_four_devices(tmp_path):
-  overrides = {"train.steps": 8, "checkpoint.every_steps": 4}
+def test_two_processes_match_one_process_and_agree_on_sigterm(tmp_path):
+  """2 processes x 2 devices (gloo) == 1 process x 4 devices, across a SIGTERM and resume."""
+  steps, check = 30, 5
+  overrides = {"train.steps": steps, "checkpoint.every_steps": 10,
+               "checkpoint.preemption_check_every": check}
   one = tmp_path / "one"
   code, err = _train(one, devices=4, **overrides)
   assert code == 0, err
+
   two = tmp_path / "two"
-  env = dict(_env(2), DEVICES_PER_PROCESS="2", SIGNFLAX=f"{sys.executable} -m signflax.cli")
-  proc = subprocess.run(["bash", str(REPO / "launch" / "local_multiprocess.sh"), "2"]
-                        + _argv(two, **overrides)[1:], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  proc = _launch_two(two, overrides)
+  while proc.poll() is None and _latest_step(two) < 7:
+    time.sleep(0.01)
+  proc.send_signal(signal.SIGTERM)  # the launcher forwards it to both processes
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, out[-3000:]
+  assert out.count("SIGTERM received") == 2
+  stopped = _latest_step(two)
+  assert stopped % check == 0 and stopped < steps  # both stopped at the same check step
+  assert f"checkpoint saved at step {stopped}" in out
+
+  proc = _launch_two(two, overrides)
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 0, out[-3000:]
+  assert f"resumed from the checkpoint at step {stopped}" in out
   lines = (two / "metrics.jsonl").read_text().splitlines()
-  assert len(lines) == 9  # process 0 alone writes: step 0 + 8 steps
+  assert len(lines) == steps + 2  # process 0 alone writes: 2 start records + 1 per step
   a, b = _records(one), _records(two)
-  for step in range(1, 9):
+  for step in range(1, steps + 1):
     np.testing.assert_allclose(b[step]["step_loss"], a[step]["step_loss"], rtol=1e-5)
-  assert sorted(p.name for p in (two / "checkpoints").iterdir() if p.name.isdigit()) == ["4", "8"]
