@@ -3,12 +3,15 @@
 # same `signflax train` command on every worker.
 #
 #   launch/tpu_pod.sh [--dry-run] [--relaunch] NAME ZONE ACCELERATOR [signflax train args...]
-#   launch/tpu_pod.sh my-pod us-central2-b v4-32 --config configs/lm/llama_100m.py --workdir gs://bucket/runs/l100m
+#   launch/tpu_pod.sh my-pod us-central2-b v4-32 --config configs/lm/llama_100m.py --workdir /mnt/gcs/runs/l100m
 #
 # --relaunch: keep going after preemption: when the run ends without success, wait until
 # the slice is READY again (recreating a deleted/preempted one) and start the same command;
-# the trainer resumes from the latest checkpoint in --workdir (use a gs:// path or a disk
-# that outlives the VMs). --dry-run prints every command instead of running it.
+# the trainer resumes from the latest checkpoint in --workdir (a path every worker shares and
+# that outlives the VMs, e.g. a gcsfuse mount of a bucket). A clean exit counts as finished
+# only if the slice is still READY 90 s later (a preempted worker checkpoints on SIGTERM and
+# exits 0 as well).
+# --dry-run prints every command instead of running it.
 # Environment: RUNTIME_VERSION (default tpu-ubuntu2204-base), SPOT=1 for spot capacity,
 # PROJECT (default: gcloud's configured project), MAX_RELAUNCHES (default 100).
 set -euo pipefail
@@ -40,9 +43,13 @@ run() {  # print or execute one command
 tpu=(gcloud compute tpus tpu-vm)
 ssh_all() { run "${tpu[@]}" ssh "$NAME" --zone "$ZONE" "${project[@]}" --worker=all --command "$1"; }
 
+slice_ready() {
+  "${tpu[@]}" describe "$NAME" --zone "$ZONE" "${project[@]}" --format='value(state)' \
+      2>/dev/null | grep -q READY
+}
+
 ensure_slice() {
-  if ((DRY_RUN)) || ! "${tpu[@]}" describe "$NAME" --zone "$ZONE" "${project[@]}" \
-      --format='value(state)' 2>/dev/null | grep -q READY; then
+  if ((DRY_RUN)) || ! slice_ready; then
     ((DRY_RUN)) || "${tpu[@]}" delete "$NAME" --zone "$ZONE" "${project[@]}" --quiet 2>/dev/null || true
     run "${tpu[@]}" create "$NAME" --zone "$ZONE" "${project[@]}" \
         --accelerator-type "$ACCEL" --version "$RUNTIME_VERSION" "${spot[@]}"
@@ -63,7 +70,12 @@ attempt=0
 while :; do
   ensure_slice
   deploy
-  if ssh_all "$train_cmd"; then exit 0; fi
+  if ssh_all "$train_cmd"; then
+    ((RELAUNCH && !DRY_RUN)) || exit 0
+    # A preempted run exits 0 too (SIGTERM -> checkpoint): a slice still READY means done.
+    sleep 90
+    if slice_ready; then exit 0; fi
+  fi
   attempt=$((attempt + 1))
   if ((!RELAUNCH || DRY_RUN)) || ((attempt >= MAX_RELAUNCHES)); then
     ((DRY_RUN)) && exit 0
