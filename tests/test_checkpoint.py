@@ -150,6 +150,25 @@ def test_guard_nonfinite_skips_the_update():
     preemption.check_finite(7, {"step_loss": float("nan")}, 4)
 
 
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_nan_policy(tmp_path, capsys, policy):
+  """An exploding step: 'stop' exits 1 with one line; 'skip' keeps the params and counts."""
+  overrides = {"optimizer.name": "sgd", "optimizer.learning_rate": 1e30,
+               "optimizer.schedule": "constant", "optimizer.warmup_steps": 0,
+               "train.steps": 6, "checkpoint.nan_policy": policy}
+  code = cli.main(_argv(tmp_path, **overrides))
+  records = _records(tmp_path)
+  if policy == "stop":
+    assert code == 1
+    errors = [l for l in capsys.readouterr().err.splitlines() if "error:" in l]
+    assert len(errors) == 1 and "non-finite" in errors[0] and "at step 1" in errors[0]
+    assert not list((tmp_path / "checkpoints").glob("[0-9]*"))  # no NaN state was saved
+  else:
+    assert code == 0
+    assert records[6]["skipped_steps"] == 6.0
+    assert records[6]["eval_loss"] == records[0]["eval_loss"]  # parameters never changed
+
+
 @pytest.mark.parametrize("kill_after", [9, 22])
 def test_kill_9_then_resume_reproduces_the_run(reference, tmp_path, kill_after):
   _, expected = reference

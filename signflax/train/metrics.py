@@ -79,6 +79,19 @@ class MetricWriter:
     self._events.add_event(self._event_pb2.Event(
         wall_time=time.time(), step=int(step), summary=self._summary_pb2.Summary(value=values)))
 
+  def resume(self, step: int) -> None:
+    """Marks a restart from the checkpoint at ``step``.
+
+    metrics.jsonl is appended to (a step logged twice: the later record wins);
+    TensorBoard gets a SessionLog START at ``step + 1``, so it drops the killed
+    run's points after the checkpoint.
+    """
+    if not self.enabled:
+      return
+    self._events.add_event(self._event_pb2.Event(
+        wall_time=time.time(), step=int(step) + 1,
+        session_log=self._event_pb2.SessionLog(status=self._event_pb2.SessionLog.START)))
+
   def flush(self) -> None:
     if self.enabled:
       self._jsonl.flush()

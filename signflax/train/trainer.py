@@ -323,6 +323,7 @@ def run(config, workdir: str) -> int:
               "num_params": num_params, "compile_time_s": compile_s}
     if restored is not None:
       record["resumed_from_step"] = restored.step
+      writer.resume(restored.step)
     writer.write(int(state.step), record)
     _log(f"compiled in {compile_s:.1f}s; step {int(state.step)} eval loss {eval_loss:.4f}")
     train_start, first_step = time.monotonic(), int(state.step)
