@@ -23,6 +23,7 @@ from signflax import cli
 from signflax import data as data_lib
 from signflax.train import checkpoint as checkpoint_lib
 from signflax.train import preemption
+from signflax.train import trainer
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 STEPS = 40
@@ -240,6 +241,16 @@ def test_bad_workdir_and_incompatible_checkpoint_exit_2(reference, tmp_path, cap
   assert cli.main(_argv(not_a_dir)) == 2
   err = capsys.readouterr().err
   assert "signflax train: error: --workdir:" in err and "not a directory" in err
+
+  # logs without a checkpoint: the same job may start over, another config may not
+  stopped_early = tmp_path / "early"
+  stopped_early.mkdir()
+  for name in ("config.json", "metrics.jsonl"):
+    shutil.copy(ref_dir / name, stopped_early / name)
+  config, _ = cli.parse_config_args(_argv(stopped_early)[3:], REPO / "configs/lm/tiny.py")
+  assert trainer._workdir_error(stopped_early, config) is None
+  assert cli.main(_argv(stopped_early, **{"train.steps": 60})) == 2
+  assert "another config and no checkpoint" in capsys.readouterr().err
 
   workdir = tmp_path / "run"
   _copy_checkpoints(ref_dir, workdir, [40])

@@ -215,15 +215,33 @@ def _train_loop(config, state, train_step, train_iter, evaluate, writer, batch_s
   return state, out, preempted
 
 
-def _workdir_error(workdir: pathlib.Path) -> str | None:
-  """Why ``workdir`` cannot hold this run (None if it can); checked before any device work."""
+def _same_job(workdir: pathlib.Path, config) -> bool:
+  """Whether ``workdir/config.json`` is this config (the ``distributed`` group aside)."""
+  try:
+    old = json.loads((workdir / "config.json").read_text())
+  except (OSError, ValueError):
+    return False
+  new = json.loads(config.to_json_best_effort())
+  old.pop("distributed", None)
+  new.pop("distributed", None)
+  return old == new
+
+
+def _workdir_error(workdir: pathlib.Path, config) -> str | None:
+  """Why ``workdir`` cannot hold this run (None if it can); checked before any device work.
+
+  A workdir with logs but no checkpoint is accepted only for the same config (a
+  run stopped before its first checkpoint starts over; its records are appended).
+  """
   if workdir.exists() and not workdir.is_dir():
     return f"--workdir: {workdir} exists and is not a directory"
   ckpt_dir = workdir / "checkpoints"
   has_checkpoints = ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir())
-  if (workdir / "metrics.jsonl").exists() and not has_checkpoints:
-    return (f"--workdir: {workdir} already holds metrics.jsonl from an earlier run but no "
-            "checkpoint to resume from; choose a new directory (nothing was changed)")
+  if ((workdir / "metrics.jsonl").exists() and not has_checkpoints
+      and not _same_job(workdir, config)):
+    return (f"--workdir: {workdir} already holds metrics.jsonl from an earlier run with "
+            "another config and no checkpoint to resume from; choose a new directory "
+            "(nothing was changed)")
   return None
 
 
@@ -253,7 +271,7 @@ def run(config, workdir: str) -> int:
   an incompatible/unreadable checkpoint (nothing in the workdir is changed).
   """
   workdir = pathlib.Path(workdir)
-  error = _workdir_error(workdir)
+  error = _workdir_error(workdir, config)
   if error:
     return _fail(error)
   parallel.maybe_initialize_distributed(config)
