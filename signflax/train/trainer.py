@@ -172,7 +172,7 @@ def _train_loop(config, state, train_step, train_iter, evaluate, writer, batch_s
   last_step = loop_state.get("interval_start", first - 1)
   loss_sum = jnp.float32(loop_state.get("loss_sum", 0.0))
   skipped = jnp.float32(loop_state.get("skipped_steps", 0.0))
-  last_time, out, preempted = time.monotonic(), {}, False
+  last_time, timed_from, out, preempted = time.monotonic(), first - 1, {}, False
   last_saved = ckpt.all_steps()[-1] if ckpt.all_steps() else None
   for step in range(first, t.steps + 1):
     state, step_metrics = train_step(state, _global_batch(next(train_iter), batch_sharding))
@@ -189,7 +189,7 @@ def _train_loop(config, state, train_step, train_iter, evaluate, writer, batch_s
       preemption.check_finite(step, host, last_saved)
     if log:
       out = host
-      step_time = (time.monotonic() - last_time) / (step - last_step)
+      step_time = (time.monotonic() - last_time) / (step - timed_from)
       tokens_per_s = tokens_per_step / step_time
       out["step_loss"] = out.pop("loss")
       out.update(train_loss=float(loss_sum) / (step - last_step), step_time_s=step_time,
@@ -202,7 +202,8 @@ def _train_loop(config, state, train_step, train_iter, evaluate, writer, batch_s
         out["eval_loss"] = evaluate(state.params)
       writer.write(step, out)
       progress.update(step, out["train_loss"], tokens_per_s)
-      loss_sum, last_time, last_step = jnp.zeros((), jnp.float32), time.monotonic(), step
+      loss_sum, last_step = jnp.zeros((), jnp.float32), step
+      last_time, timed_from = time.monotonic(), step
     if save:
       ckpt.save(step, state, _loop_extra(train_iter, loss_sum, last_step, skipped))
       last_saved = step
