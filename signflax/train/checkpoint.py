@@ -57,7 +57,7 @@ def _warn(message: str) -> None:
 
 
 def _path_name(path) -> str:
-  """A pytree path as 'opt_state.0.mu.embed' whatever the container types (dict, tuple, namedtuple)."""
+  """A pytree path as 'opt_state.0.mu.embed', whatever the containers (dict, tuple, namedtuple)."""
   parts = []
   for k in path:
     parts.append(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))))

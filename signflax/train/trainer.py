@@ -365,9 +365,9 @@ def run(config, workdir: str) -> int:
   writer.close()
   if preempted:
     return 0
-  train_s = time.monotonic() - train_start
+  tokens_per_s = t.global_batch_size * t.seq_len * (t.steps - first_step) / (
+      time.monotonic() - train_start)
   _log(f"done: {t.steps} steps in {time.monotonic() - start:.0f}s (compile {compile_s:.0f}s) | "
        f"final eval loss {last.get('eval_loss', float('nan')):.4f} nats/token vs eval unigram "
-       f"entropy {unigram:.4f} | {t.global_batch_size * t.seq_len * (t.steps - first_step) / train_s:,.0f} "
-       f"tokens/s with evals | {workdir}")
+       f"entropy {unigram:.4f} | {tokens_per_s:,.0f} tokens/s with evals | {workdir}")
   return 0
