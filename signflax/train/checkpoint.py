@@ -9,8 +9,10 @@
 Each step directory holds two items: ``state`` (the ``TrainState`` pytree:
 step, params, optimizer state; sharded arrays, written by every process) and
 ``extra`` (JSON: the Grain iterator state and the loop's bookkeeping, written
-by process 0). The run's randomness is the seed (parameter init) and the data
-order, which the Grain state carries, so a resumed run repeats the same steps.
+by process 0: every process reads its slice of the same global batches, so the
+Grain position is the same on all of them, and also valid for another process
+count). The run's randomness is the seed (parameter init) and the data order,
+which the Grain state carries, so a resumed run repeats the same steps.
 
 Restores go *into* the caller's abstract state: ``jax.ShapeDtypeStruct`` leaves
 carrying the current run's ``NamedSharding``s, so a checkpoint saved on 8
