@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pathlib
 import time
 
 import jax
@@ -97,7 +98,8 @@ def _time_numpy(problem, lrs, batch, steps, seeds, noise_model, sign: bool,
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
-  parser.add_argument("--json", default="linreg_bench.json", help="where to write results")
+  parser.add_argument("--json", default="", help="where to write results "
+                      "(default: benchmarks/results/linreg_bench_<platform>.json)")
   args = parser.parse_args(argv)
   scale = 4 if args.quick else 1
   floor, floor_note = _bandwidth_floor()
@@ -145,6 +147,10 @@ def main(argv=None) -> int:
   payload = dict(device=device.device_kind, platform=device.platform,
                  num_devices=len(jax.devices()), bandwidth_floor_updates_per_s=floor,
                  bandwidth_floor_note=floor_note, bytes_per_update=_BYTES_PER_UPDATE, rows=rows)
+  if not args.json:
+    args.json = str(pathlib.Path(__file__).resolve().parent / "results" /
+                    f"linreg_bench{'_quick' if args.quick else ''}_{device.platform}.json")
+  pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
   with open(args.json, "w") as f:
     json.dump(payload, f, indent=1)
   print(f"wrote {args.json}")
