@@ -232,16 +232,20 @@ def _json_default(x):
 # ----------------------------------------------------------------------------- experiments
 
 
+def _mean_sweeps(config):
+  """``(name, family, sweep, seed-mean loss)`` of the budget sweep of each optimizer."""
+  for name in config.optimizers:
+    sweep = _grid_sweep(config, name)
+    yield name, FAMILY[name], sweep, linreg.seed_mean(sweep.loss)
+
+
 def _data_scaling(config, out: pathlib.Path, tb: _ScalarWriter) -> dict:
   problem = _problem(config)
   s = problem.relative_difficulty
   rows, summary, arrays = [], {}, {}
   plt = _plt()
   fig, ax = plt.subplots(figsize=(5.5, 4))
-  for name in config.optimizers:
-    family = FAMILY[name]
-    sweep = _grid_sweep(config, name)
-    mean = linreg.seed_mean(sweep.loss)                                    # (D, B, lr)
+  for name, family, sweep, mean in _mean_sweeps(config):                   # mean: (D, B, lr)
     best, (b_idx, lr_idx) = linreg.best_over(mean, (1, 2))
     fit = linreg.fit_power_law(sweep.budgets, best)
     predicted = linreg.data_scaling_exponent(family, s)
@@ -286,10 +290,7 @@ def _batch_scaling(config, out: pathlib.Path, tb: _ScalarWriter) -> dict:
   rows, summary, arrays = [], {}, {}
   plt = _plt()
   fig, ax = plt.subplots(figsize=(5.5, 4))
-  for name in config.optimizers:
-    family = FAMILY[name]
-    sweep = _grid_sweep(config, name)
-    mean = linreg.seed_mean(sweep.loss)
+  for name, family, sweep, mean in _mean_sweeps(config):                   # mean: (D, B, lr)
     per_batch, _ = linreg.best_over(mean, 2)                                # (D, B)
     critical = _critical_batches(sweep, per_batch)
     growth = -linreg.fit_power_law(sweep.budgets, critical).exponent
