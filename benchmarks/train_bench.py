@@ -150,7 +150,9 @@ def main():
                      f"train_bench_{'small' if args.small else pathlib.Path(path).stem}"
                      f"_{device.platform}.json")
   out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(dict(config=str(path), device=device.device_kind,
+  shown = pathlib.Path(path).resolve()
+  shown = shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else shown
+  out.write_text(json.dumps(dict(config=str(shown), device=device.device_kind,
                                  num_devices=jax.device_count(), host=platform.machine(),
                                  jax=jax.__version__, max_batch=max_batch, rows=rows), indent=1))
   print(f"wrote {out}")
