@@ -28,8 +28,8 @@ import jax
 import numpy as np
 
 from signflax import linreg
-from signflax.linreg._tensorboard import _ScalarWriter
 from signflax.optim import get_optimizer, wsd_schedule
+from signflax.train.metrics import EventWriter
 
 EXPERIMENTS = ("data_scaling", "batch_scaling", "phase_diagram", "ode_check")
 OPTIMIZERS = ("sgd", "momentum", "sign_sgd", "signum", "adamw", "lion")
@@ -239,7 +239,7 @@ def _mean_sweeps(config):
     yield name, FAMILY[name], sweep, linreg.seed_mean(sweep.loss)
 
 
-def _data_scaling(config, out: pathlib.Path, tb: _ScalarWriter) -> dict:
+def _data_scaling(config, out: pathlib.Path, tb: EventWriter) -> dict:
   problem = _problem(config)
   s = problem.relative_difficulty
   rows, summary, arrays = [], {}, {}
@@ -284,7 +284,7 @@ def _data_scaling(config, out: pathlib.Path, tb: _ScalarWriter) -> dict:
   return dict(table=table, summary=summary, arrays=arrays)
 
 
-def _batch_scaling(config, out: pathlib.Path, tb: _ScalarWriter) -> dict:
+def _batch_scaling(config, out: pathlib.Path, tb: EventWriter) -> dict:
   problem = _problem(config)
   s = problem.relative_difficulty
   rows, summary, arrays = [], {}, {}
@@ -331,7 +331,7 @@ def _batch_scaling(config, out: pathlib.Path, tb: _ScalarWriter) -> dict:
   return dict(table=table, summary=summary, arrays=arrays)
 
 
-def _phase_diagram(config, out: pathlib.Path, tb: _ScalarWriter) -> dict:
+def _phase_diagram(config, out: pathlib.Path, tb: EventWriter) -> dict:
   problem = _problem(config)
   s = problem.relative_difficulty
   budget = 2 ** config.log2_budget_max
@@ -384,7 +384,7 @@ def _phase_diagram(config, out: pathlib.Path, tb: _ScalarWriter) -> dict:
   return dict(table=table, summary=summary, arrays=arrays)
 
 
-def _ode_check(config, out: pathlib.Path, tb: _ScalarWriter) -> dict:
+def _ode_check(config, out: pathlib.Path, tb: EventWriter) -> dict:
   problem = _problem(config)
   d, eta = problem.dim, float(config.ode_learning_rate)
   times = np.geomspace(config.ode_time / 2 ** (config.ode_num_times - 1) * 4, config.ode_time,
@@ -433,7 +433,7 @@ def run(config, workdir) -> int:
   out = pathlib.Path(workdir)
   out.mkdir(parents=True, exist_ok=True)
   start = time.time()
-  with _ScalarWriter(out / "tb") as tb:
+  with EventWriter(out / "tb") as tb:
     result = _RUNNERS[config.experiment](config, out, tb)
   elapsed = time.time() - start
   problem = _problem(config)

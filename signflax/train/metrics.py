@@ -47,25 +47,63 @@ def _scalar(value):
   return value if math.isfinite(value) else str(value)
 
 
+class EventWriter:
+  """TensorBoard event files written with the ``tensorboard`` package alone (no TensorFlow).
+
+  Stock ``tensorboard --logdir`` reads them. Used by :class:`MetricWriter` and by the
+  linreg experiments.
+  """
+
+  def __init__(self, logdir: str | pathlib.Path, *, flush_secs: int = 10):
+    from tensorboard.compat.proto import event_pb2, summary_pb2  # noqa: PLC0415
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter  # noqa: PLC0415
+    self._event_pb2, self._summary_pb2 = event_pb2, summary_pb2
+    self._writer = EventFileWriter(str(logdir), flush_secs=flush_secs)
+
+  def scalars(self, step: int, values: Mapping[str, float | None]) -> None:
+    """One event at ``step`` holding every non-None value."""
+    summary = self._summary_pb2.Summary(value=[
+        self._summary_pb2.Summary.Value(tag=k, simple_value=float(v))
+        for k, v in values.items() if v is not None])
+    self._writer.add_event(self._event_pb2.Event(wall_time=time.time(), step=int(step),
+                                                 summary=summary))
+
+  def scalar(self, tag: str, value: float, step: int) -> None:
+    self.scalars(step, {tag: value})
+
+  def restart(self, step: int) -> None:
+    """A SessionLog START at ``step``: TensorBoard drops earlier runs' points from there."""
+    self._writer.add_event(self._event_pb2.Event(
+        wall_time=time.time(), step=int(step),
+        session_log=self._event_pb2.SessionLog(status=self._event_pb2.SessionLog.START)))
+
+  def flush(self) -> None:
+    self._writer.flush()
+
+  def close(self) -> None:
+    self._writer.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
 class MetricWriter:
   """Writes scalars to ``workdir/metrics.jsonl`` and TensorBoard events in ``workdir/tb``.
 
-  Only process 0 writes. TensorBoard files come from the ``tensorboard``
-  package's own event writer (no TensorFlow), so stock ``tensorboard --logdir``
-  reads them.
+  Only process 0 writes (``enabled``).
   """
 
   def __init__(self, workdir: str | pathlib.Path, *, enabled: bool = True):
     self.enabled = enabled
     if not enabled:
       return
-    from tensorboard.compat.proto import event_pb2, summary_pb2  # noqa: PLC0415
-    from tensorboard.summary.writer.event_file_writer import EventFileWriter  # noqa: PLC0415
-    self._event_pb2, self._summary_pb2 = event_pb2, summary_pb2
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")
-    self._events = EventFileWriter(str(workdir / "tb"), flush_secs=10)
+    self._events = EventWriter(workdir / "tb")
 
   def write(self, step: int, metrics: Mapping[str, float]) -> None:
     if not self.enabled:
@@ -74,23 +112,16 @@ class MetricWriter:
                                     for k, v in metrics.items()}}
     self._jsonl.write(json.dumps(record) + "\n")
     self._jsonl.flush()
-    values = [self._summary_pb2.Summary.Value(tag=k, simple_value=float(v))
-              for k, v in metrics.items() if v is not None]
-    self._events.add_event(self._event_pb2.Event(
-        wall_time=time.time(), step=int(step), summary=self._summary_pb2.Summary(value=values)))
+    self._events.scalars(step, metrics)
 
   def resume(self, step: int) -> None:
     """Marks a restart from the checkpoint at ``step``.
 
     metrics.jsonl is appended to (a step logged twice: the later record wins);
-    TensorBoard gets a SessionLog START at ``step + 1``, so it drops the killed
-    run's points after the checkpoint.
+    TensorBoard restarts at ``step + 1``, dropping the killed run's later points.
     """
-    if not self.enabled:
-      return
-    self._events.add_event(self._event_pb2.Event(
-        wall_time=time.time(), step=int(step) + 1,
-        session_log=self._event_pb2.SessionLog(status=self._event_pb2.SessionLog.START)))
+    if self.enabled:
+      self._events.restart(int(step) + 1)
 
   def flush(self) -> None:
     if self.enabled:
