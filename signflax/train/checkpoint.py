@@ -60,10 +60,7 @@ def _warn(message: str) -> None:
 
 def _path_name(path) -> str:
   """A pytree path as 'opt_state.0.mu.embed', whatever the containers (dict, tuple, namedtuple)."""
-  parts = []
-  for k in path:
-    parts.append(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))))
-  return ".".join(parts)
+  return jax.tree_util.keystr(path, simple=True, separator=".")
 
 
 def _shape_mismatches(stored: Any, target: Any, limit: int = 3) -> list[str]:
