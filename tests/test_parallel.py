@@ -2,7 +2,6 @@
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -57,11 +56,11 @@ def _opt_config(name):
   # Muon's Newton-Schulz in float32 (bf16 by default) and a larger AdamW eps: Adam's
   # first step is g / (|g| + eps) ~ sign(g), which turns float32 rounding of tiny
   # gradient coordinates into O(lr) differences; the test is about the step's numerics.
-  kwargs = {"muon": {"ns_dtype": "float32"}, "adamw": {"eps": 1e-4}}.get(name, {})
-  return ml_collections.ConfigDict(dict(
-      name=name, learning_rate=1e-2, schedule="constant", warmup_steps=0, decay_fraction=0.2,
-      decay_shape="linear", final_lr_fraction=0.0, weight_decay=0.1, grad_clip_norm=0.0,
-      kwargs=kwargs))
+  config = optimizer_lib.default_optimizer_config()
+  config.update(dict(name=name, learning_rate=1e-2, schedule="constant", warmup_steps=0))
+  config.muon.ns_dtype = "float32"
+  config.adamw.eps = 1e-4
+  return config
 
 
 def _one_step(mesh_sizes, devices, state, tx, schedule, graphdef, axes, batch, grad_accum):

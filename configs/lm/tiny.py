@@ -11,6 +11,7 @@ far below the eval split's byte unigram entropy, which the run logs.
 import ml_collections
 
 from signflax.data import default_data_config
+from signflax.train.optimizer import default_optimizer_config
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -29,12 +30,16 @@ def get_config() -> ml_collections.ConfigDict:
       norm_eps=1e-6,
       tie_embeddings=True,
       dtype="float32",        # compute dtype: float32 | bfloat16 (params stay float32)
-      attention_impl=None,    # None (jax picks) | "xla" | "cudnn"
+      attention_impl="auto",  # auto (cudnn on GPUs that support it, else xla) | xla | cudnn
       remat="none",           # none | full | dots | dots_no_batch
       init_std=0.02,
   ))
 
-  config.optimizer = ml_collections.ConfigDict(dict(
+  # Fields: signflax.train.optimizer.default_optimizer_config. Each optimizer keeps its own
+  # keywords in config.optimizer.<name> (None = its default), e.g. adamw.b1, signum.beta,
+  # muon.fallback_learning_rate; only the group of `name` is used.
+  config.optimizer = default_optimizer_config()
+  config.optimizer.update(dict(
       name="adamw",           # sgd | momentum | adamw | lion | sign_sgd | signum | muon
       learning_rate=3e-3,     # peak
       schedule="wsd",         # wsd | cosine | constant (all with linear warmup)
@@ -44,10 +49,6 @@ def get_config() -> ml_collections.ConfigDict:
       final_lr_fraction=0.0,  # end learning rate / peak
       weight_decay=0.1,       # decoupled; applied to weight matrices only
       grad_clip_norm=0.0,     # 0 = off; clipping before a sign changes nothing
-      # Optimizer-specific keywords for signflax.optim.get_optimizer; None = its default.
-      kwargs=ml_collections.ConfigDict(dict(
-          beta=None, b1=None, b2=None, eps=None, nesterov=None,
-          fallback_learning_rate=None)),
   ))
 
   config.data = default_data_config()

@@ -26,7 +26,6 @@ import numpy as np
 
 from signflax import data as data_lib
 from signflax import model as model_lib
-from signflax import optim
 from signflax import parallel
 from signflax.train import checkpoint as checkpoint_lib
 from signflax.train import metrics as metrics_lib
@@ -77,19 +76,7 @@ def validate(config) -> None:
     raise ValueError(f"config.checkpoint.nan_policy: {c.nan_policy!r} is not one of "
                      f"{', '.join(preemption.NAN_POLICIES)}")
 
-  if opt.name not in optim.OPTIMIZERS:
-    raise ValueError(f"config.optimizer.name: {opt.name!r} is not one of "
-                     f"{', '.join(optim.OPTIMIZERS)}")
-  allowed = optim.optimizer_keywords(opt.name)
-  unknown = sorted(k for k, v in dict(opt.kwargs).items() if v is not None and k not in allowed)
-  if unknown:
-    raise ValueError(f"config.optimizer.kwargs: {', '.join(unknown)} not accepted by "
-                     f"{opt.name!r}; allowed: {', '.join(allowed)}")
-  if opt.schedule not in optimizer_lib.SCHEDULES:
-    raise ValueError(f"config.optimizer.schedule: {opt.schedule!r} is not one of "
-                     f"{', '.join(optimizer_lib.SCHEDULES)}")
-  if not opt.learning_rate > 0:
-    raise ValueError(f"config.optimizer.learning_rate: must be > 0, got {opt.learning_rate!r}")
+  optimizer_lib.validate(opt)
   if opt.warmup_steps >= t.steps and opt.warmup_steps:
     raise ValueError(f"config.optimizer.warmup_steps: {opt.warmup_steps} must be < "
                      f"config.train.steps={t.steps}")
