@@ -73,6 +73,25 @@ def test_config_errors_name_the_field():
     model_lib.TransformerConfig(num_heads=4, num_kv_heads=3).check()
   with pytest.raises(ValueError, match=r"^config\.model\.remat: 'some'"):
     model_lib.TransformerConfig(remat="some").check()
+  with pytest.raises(ValueError, match=r"^config\.model\.attention_impl: None is not one of "
+                     r"\['auto', 'xla', 'cudnn'\]"):
+    model_lib.TransformerConfig(attention_impl=None).check()
+
+
+def test_auto_attention_is_cudnn_only_where_it_can_run():
+  """On CPU (and for float32 anywhere) "auto" is XLA's attention; explicit choices stand."""
+  bf16 = model_lib.TransformerConfig(dtype="bfloat16")
+  assert jax.default_backend() == "cpu"
+  assert model_lib.attention_implementation(bf16) == "xla"
+  assert not model_lib.cudnn_attention_supported(jnp.float32, 64)
+  assert model_lib.attention_implementation(
+      model_lib.TransformerConfig(dtype="bfloat16", attention_impl="cudnn")) == "cudnn"
+  cfg = model_lib.TransformerConfig(**{**TINY.__dict__, "attention_impl": "auto"})
+  xla = model_lib.TransformerConfig(**{**TINY.__dict__, "attention_impl": "xla"})
+  params = model_lib.init_params(cfg, jax.random.key(0))
+  a = model_lib.apply(model_lib.abstract_model(cfg)[0], params, _tokens())
+  b = model_lib.apply(model_lib.abstract_model(xla)[0], params, _tokens())
+  np.testing.assert_array_equal(a, b)
 
 
 def test_flops_per_token_is_6n_plus_attention():

@@ -8,6 +8,9 @@ from signflax.model.transformer import (
     TransformerConfig,
     abstract_model,
     apply,
+    apply_features,
+    attention_implementation,
+    cudnn_attention_supported,
     flops_per_token,
     init_params,
 )
@@ -20,6 +23,9 @@ __all__ = [
     "TransformerConfig",
     "abstract_model",
     "apply",
+    "apply_features",
+    "attention_implementation",
+    "cudnn_attention_supported",
     "flops_per_token",
     "init_params",
 ]

@@ -28,7 +28,7 @@ REMAT_POLICIES = {
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
 }
-ATTENTION_IMPLEMENTATIONS = (None, "xla", "cudnn")
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -47,7 +47,7 @@ class TransformerConfig:
   norm_eps: float = 1e-6
   tie_embeddings: bool = True
   dtype: str = "float32"            # compute dtype; params stay float32
-  attention_impl: str | None = None  # None (jax picks), "xla" or "cudnn"
+  attention_impl: str = "auto"      # "auto" (cudnn where supported, else xla), "xla", "cudnn"
   remat: str = "none"               # a key of REMAT_POLICIES
   init_std: float = 0.02
 
@@ -121,6 +121,31 @@ class RMSNorm(nnx.Module):
     return (y * self.scale[...]).astype(x.dtype)
 
 
+def cudnn_attention_supported(dtype, head_dim: int) -> bool:
+  """Whether cuDNN's fused (flash) attention can run here.
+
+  It needs an NVIDIA GPU of compute capability >= 8.0 (Ampere, Hopper), a 16-bit
+  dtype, and a head size that is a multiple of 8 and at most 128.
+  """
+  if jax.default_backend() != "gpu" or jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16):
+    return False
+  capability = getattr(jax.devices()[0], "compute_capability", "0")
+  return float(capability) >= 8.0 and head_dim % 8 == 0 and head_dim <= 128
+
+
+def attention_implementation(cfg: "TransformerConfig") -> str:
+  """``cfg.attention_impl`` resolved: "auto" is "cudnn" where supported, else "xla".
+
+  ``jax.nn.dot_product_attention(implementation=None)`` means XLA's attention,
+  which writes the [batch, heads, length, length] scores and probabilities to
+  memory in the forward pass and again in the backward; cuDNN's fused kernel
+  keeps them on chip (FlashAttention), so "auto" asks for it whenever it can run.
+  """
+  if cfg.attention_impl != "auto":
+    return cfg.attention_impl
+  return "cudnn" if cudnn_attention_supported(cfg.compute_dtype, cfg.qk_dim) else "xla"
+
+
 def rotary_embedding(x, positions, theta: float):
   """Rotates pairs (x[..., :d/2], x[..., d/2:]) of ``x[b, t, h, d]`` by position-dependent angles."""
   half = x.shape[-1] // 2
@@ -157,7 +182,7 @@ class Attention(nnx.Module):
     q = constrain(rotary_embedding(q, positions, cfg.rope_theta), ("batch", "length", "act_heads", None))
     k = rotary_embedding(k, positions, cfg.rope_theta)
     out = jax.nn.dot_product_attention(q, k, v, is_causal=True,
-                                       implementation=cfg.attention_impl)
+                                       implementation=attention_implementation(cfg))
     return out.reshape(b, t, -1) @ self.o[...].astype(dtype)
 
 
@@ -214,7 +239,8 @@ class Transformer(nnx.Module):
       self.lm_head = _param(rngs, nnx.initializers.normal(cfg.init_std),
                             (cfg.d_model, cfg.vocab_size), ("embed", "vocab"))
 
-  def __call__(self, tokens, positions=None):
+  def features(self, tokens, positions=None):
+    """The final-normed hidden states ``[b, t, d_model]`` in the compute dtype."""
     cfg, dtype = self.cfg, self.cfg.compute_dtype
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
@@ -236,9 +262,15 @@ class Transformer(nnx.Module):
     def run_layers(block, x):
       return apply_block(block, x)
 
-    x = self.final_norm(run_layers(self.layers, x))
-    head = self.embed[...].T if cfg.tie_embeddings else self.lm_head[...]
-    logits = x @ head.astype(dtype)
+    return self.final_norm(run_layers(self.layers, x))
+
+  def head(self) -> jax.Array:
+    """The output projection ``float32[d_model, vocab]`` (the embedding's transpose if tied)."""
+    return self.embed[...].T if self.cfg.tie_embeddings else self.lm_head[...]
+
+  def __call__(self, tokens, positions=None):
+    x = self.features(tokens, positions)
+    logits = x @ self.head().astype(x.dtype)
     return constrain(logits, ("batch", "length", "act_vocab")).astype(jnp.float32)
 
 
@@ -289,3 +321,13 @@ def abstract_model(cfg: TransformerConfig):
 def apply(graphdef, params: dict, tokens: jax.Array) -> jax.Array:
   """Logits ``float32[b, t, vocab]`` of the model ``graphdef`` with ``params``."""
   return nnx.merge(graphdef, params)(tokens)
+
+
+def apply_features(graphdef, params: dict, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """``(hidden [b, t, d_model] in the compute dtype, head float32[d_model, vocab])``.
+
+  For losses that never hold the whole ``[b, t, vocab]`` logits (see
+  ``signflax.train.loss.linear_cross_entropy``).
+  """
+  model = nnx.merge(graphdef, params)
+  return model.features(tokens), model.head()
