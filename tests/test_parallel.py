@@ -63,12 +63,14 @@ def _opt_config(name):
   return config
 
 
-def _one_step(mesh_sizes, devices, state, tx, schedule, graphdef, axes, batch, grad_accum):
+def _one_step(mesh_sizes, devices, state, tx, schedule, graphdef, axes, batch, grad_accum,
+              loss_chunk_len):
   mesh = parallel.make_mesh(mesh_sizes, devices)
   with jax.set_mesh(mesh):
     shardings = step_lib.state_shardings(TINY, tx, mesh, axes)
     step = step_lib.jit_train_step(
-        step_lib.make_train_step(graphdef, tx, schedule, grad_accum=grad_accum), mesh, shardings)
+        step_lib.make_train_step(graphdef, tx, schedule, grad_accum=grad_accum,
+                                 loss_chunk_len=loss_chunk_len), mesh, shardings)
     new_state, metrics = step(jax.device_put(state, shardings),
                               jax.device_put(batch, parallel.batch_sharding(mesh)))
   spec = new_state.params["layers"]["mlp"]["gate"].sharding.spec
@@ -76,14 +78,15 @@ def _one_step(mesh_sizes, devices, state, tx, schedule, graphdef, axes, batch, g
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,grad_accum", [(n, 1) for n in optim.OPTIMIZERS] + [("adamw", 2)])
-def test_sharded_step_equals_single_device(name, grad_accum):
+@pytest.mark.parametrize("name,grad_accum,loss_chunk_len",
+                         [(n, 1, 0) for n in optim.OPTIMIZERS] + [("adamw", 2, 0), ("sgd", 2, 4)])
+def test_sharded_step_equals_single_device(name, grad_accum, loss_chunk_len):
   graphdef, _, axes = model_lib.abstract_model(TINY)
   tx, schedule = optimizer_lib.make_optimizer(_opt_config(name), 10, axes)
   state = jax.device_get(step_lib.init_state(TINY, tx, jax.random.key(0)))  # host copy
   tokens = np.random.default_rng(0).integers(0, 64, (8, 17)).astype(np.int32)
   batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
-  args = (state, tx, schedule, graphdef, axes, batch, grad_accum)
+  args = (state, tx, schedule, graphdef, axes, batch, grad_accum, loss_chunk_len)
 
   ref, ref_metrics, _ = _one_step(ONE, jax.devices()[:1], *args)
   out, metrics, spec = _one_step(SHARDED, jax.devices(), *args)

@@ -77,6 +77,8 @@ def test_optimizer_groups_reject_foreign_keywords():
     ({"model.num_kv_heads": 3}, r"^config\.model\.num_kv_heads"),
     ({"mesh.tensor": 3}, r"^config\.mesh: "),
     ({"train.steps": 0}, r"^config\.train\.steps: must be an integer >= 1"),
+    ({"train.loss_chunk_len": 5}, r"^config\.train\.loss_chunk_len: 5 must be 0 \(whole logits\) "
+                                  r"or a positive divisor of config\.train\.seq_len=32$"),
 ])
 def test_validate_errors_are_one_line(overrides, message):
   with pytest.raises(ValueError, match=message) as error:
@@ -158,9 +160,11 @@ def test_accumulation_paths_agree():
   tokens = np.random.default_rng(0).integers(0, 64, (4, 9)).astype(np.int32)
   batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
   results = []
-  for accum, noise in ((1, False), (2, False), (2, True)):
+  # (grad_accum, noise_stats, loss_chunk_len): the last two fuse the head into the loss
+  variants = ((1, False, 0), (2, False, 0), (2, True, 0), (1, False, 2), (2, True, 4))
+  for accum, noise, chunk in variants:
     step = jax.jit(step_lib.make_train_step(graphdef, tx, schedule, grad_accum=accum,
-                                            noise_stats=noise))
+                                            noise_stats=noise, loss_chunk_len=chunk))
     results.append(jax.device_get(step(state, batch)))
   (ref, ref_m), *others = results
   for new, m in others:
@@ -168,3 +172,5 @@ def test_accumulation_paths_agree():
     for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(ref.params)):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
   assert "noise_density" in others[1][1] and "noise_density" not in others[0][1]
+  evals = [jax.jit(step_lib.make_eval_step(graphdef, c))(state.params, batch) for c in (0, 2)]
+  np.testing.assert_allclose(evals[1], evals[0], rtol=1e-6)

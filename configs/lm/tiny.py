@@ -61,6 +61,8 @@ def get_config() -> ml_collections.ConfigDict:
       seq_len=128,
       grad_accum=1,           # microbatches per step; >= 2 also logs gradient-noise density
       noise_stats=True,       # with grad_accum >= 2: keep per-microbatch grads for the stats
+      loss_chunk_len=0,       # 0 = whole [batch, seq, vocab] logits; c = fused head + loss,
+                              # c tokens per row at a time (signflax.train.loss)
       seed=0,
       log_every=25,
       eval_every=100,

@@ -12,6 +12,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from signflax import model as model_lib
 from signflax import optim
 from signflax import parallel
+from signflax.train import loss as loss_lib
 
 Batch = dict[str, jax.Array]
 
@@ -23,9 +24,21 @@ class TrainState(NamedTuple):
   opt_state: Any        # the Optax state
 
 
-def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
-  """Mean next-token cross entropy in nats (float32)."""
-  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, targets))
+def make_loss_fn(graphdef, loss_chunk_len: int = 0) -> Callable[[Any, Batch], jax.Array]:
+  """params, batch -> mean next-token cross entropy (nats).
+
+  ``loss_chunk_len = 0`` builds the whole ``[b, t, vocab]`` logits; ``c > 0`` fuses
+  the output projection into the loss and holds ``[b, c, vocab]`` at a time
+  (``loss.linear_cross_entropy``: same loss and gradients, a fraction of the memory).
+  """
+  def loss_fn(params, batch):
+    if loss_chunk_len:
+      hidden, head = model_lib.apply_features(graphdef, params, batch["inputs"])
+      return loss_lib.linear_cross_entropy(hidden, head, batch["targets"],
+                                           chunk_len=loss_chunk_len)
+    return loss_lib.cross_entropy(model_lib.apply(graphdef, params, batch["inputs"]),
+                                  batch["targets"])
+  return loss_fn
 
 
 def _tree_sum(fn, tree) -> jax.Array:
@@ -45,21 +58,17 @@ def _microbatches(batch: Batch, num: int) -> Batch:
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    *, grad_accum: int = 1, noise_stats: bool = True
+                    *, grad_accum: int = 1, noise_stats: bool = True, loss_chunk_len: int = 0
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
   """The (unjitted) train step: state, {inputs, targets} -> new state, scalar metrics.
 
   With ``grad_accum = A >= 2`` the batch is split into A microbatches run by
   ``lax.scan``; the step's gradient is their mean. With ``noise_stats`` the A
   per-microbatch gradients are kept (A x parameter memory) and summarized by
-  ``optim.gradient_noise_stats`` (noise density of Tao et al.).
+  ``optim.gradient_noise_stats`` (noise density of Tao et al.). ``loss_chunk_len``:
+  see ``make_loss_fn``.
   """
-
-  def loss_fn(params, batch):
-    logits = model_lib.apply(graphdef, params, batch["inputs"])
-    return cross_entropy(logits, batch["targets"])
-
-  grad_fn = jax.value_and_grad(loss_fn)
+  grad_fn = jax.value_and_grad(make_loss_fn(graphdef, loss_chunk_len))
 
   def train_step(state: TrainState, batch: Batch):
     metrics = {}
@@ -97,11 +106,9 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: optax.
   return train_step
 
 
-def make_eval_step(graphdef) -> Callable[[Any, Batch], jax.Array]:
+def make_eval_step(graphdef, loss_chunk_len: int = 0) -> Callable[[Any, Batch], jax.Array]:
   """params, batch -> mean cross entropy of the batch."""
-  def eval_step(params, batch):
-    return cross_entropy(model_lib.apply(graphdef, params, batch["inputs"]), batch["targets"])
-  return eval_step
+  return make_loss_fn(graphdef, loss_chunk_len)
 
 
 def init_state(model_config, tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:

@@ -93,6 +93,11 @@ def validate(config) -> None:
     raise ValueError(f"config.train.seq_len: {t.seq_len} is longer than the model's context "
                      f"config.model.max_seq_len={cfg.max_seq_len}")
 
+  chunk = t.get("loss_chunk_len", 0)
+  if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0 or (
+      chunk and t.seq_len % chunk):
+    raise ValueError(f"config.train.loss_chunk_len: {chunk!r} must be 0 (whole logits) or a "
+                     f"positive divisor of config.train.seq_len={t.seq_len}")
   if t.global_batch_size % t.grad_accum:
     raise ValueError(f"config.train.global_batch_size: {t.global_batch_size} is not divisible "
                      f"by config.train.grad_accum={t.grad_accum}")
@@ -315,15 +320,17 @@ def run(config, workdir: str) -> int:
     abstract_batch = {k: jax.ShapeDtypeStruct((t.global_batch_size, t.seq_len), jnp.int32,
                                               sharding=batch_sharding)
                       for k in ("inputs", "targets")}
+    loss_chunk_len = t.get("loss_chunk_len", 0)
     step_fn = step_lib.make_train_step(graphdef, tx, schedule, grad_accum=t.grad_accum,
-                                       noise_stats=t.noise_stats)
+                                       noise_stats=t.noise_stats, loss_chunk_len=loss_chunk_len)
     if config.checkpoint.nan_policy == "skip":
       step_fn = preemption.guard_nonfinite(step_fn)
     train_step = step_lib.jit_train_step(step_fn, mesh, shardings
                                          ).lower(state, abstract_batch).compile()
     compile_s = time.monotonic() - start
-    evaluate = Evaluator(config, step_lib.jit_eval_step(step_lib.make_eval_step(graphdef), mesh,
-                                                        shardings), batch_sharding)
+    eval_step = step_lib.make_eval_step(graphdef, loss_chunk_len)
+    evaluate = Evaluator(config, step_lib.jit_eval_step(eval_step, mesh, shardings),
+                         batch_sharding)
     eval_loss = evaluate(state.params)
     record = {"eval_loss": eval_loss, "eval_unigram_entropy": unigram,
               "num_params": num_params, "compile_time_s": compile_s}
