@@ -7,6 +7,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
 
 
@@ -18,6 +20,7 @@ def _run(script, *args):
   return result.stdout
 
 
+@pytest.mark.slow
 def test_train_bench_small_row_per_optimizer_with_overrides(tmp_path):
   out = tmp_path / "train.json"
   stdout = _run("train_bench.py", "--small", "--steps", "1", "--optimizers", "sign_sgd,muon",

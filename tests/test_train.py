@@ -148,6 +148,7 @@ def test_short_runs_learn_are_deterministic_and_log(tmp_path):
   assert (runs[0] / "metrics.jsonl").read_text() == before
 
 
+@pytest.mark.slow
 def test_accumulation_paths_agree():
   """grad_accum=2 with and without noise stats equals one full-batch step (SGD)."""
   cfg = model_lib.TransformerConfig(vocab_size=64, num_layers=1, d_model=32, num_heads=2,
