@@ -99,40 +99,44 @@ def test_bad_chunk_len(chunk_len):
     linear_cross_entropy(hidden, head, targets, chunk_len=chunk_len)
 
 
-def test_sharded_matches_unsharded():
+def batch_sharded_inputs():
+  """(mesh, rows sharding, batch-sharded inputs, unsharded reference loss and grads)."""
   mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
   hidden, head, targets = make_inputs(b=16)
-  ref, (ref_dh, ref_dw) = loss_and_grads(fused(16), hidden, head, targets)
+  reference = loss_and_grads(fused(16), hidden, head, targets)
   rows = NamedSharding(mesh, P("data"))
   args = (jax.device_put(hidden, rows), jax.device_put(head, NamedSharding(mesh, P())),
           jax.device_put(targets, rows))
-  loss, (dh, dw) = loss_and_grads(fused(16), *args)
-  assert dh.sharding.is_equivalent_to(rows, 3)
+  return mesh, rows, args, reference
+
+
+def assert_matches(result, reference, dw_atol=1e-7):
+  (loss, (dh, dw)), (ref, (ref_dh, ref_dw)) = result, reference
   np.testing.assert_allclose(loss, ref, rtol=1e-6)
   np.testing.assert_allclose(dh, ref_dh, rtol=1e-5, atol=1e-7)
-  np.testing.assert_allclose(dw, ref_dw, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(dw, ref_dw, rtol=1e-5, atol=dw_atol)
+
+
+def test_sharded_matches_unsharded():
+  _, rows, args, reference = batch_sharded_inputs()
+  result = loss_and_grads(fused(16), *args)
+  assert result[1][0].sharding.is_equivalent_to(rows, 3)
+  assert_matches(result, reference)
 
 
 def test_under_a_mesh_the_head_gradient_is_reduced_once_not_per_chunk():
   """The scan's body holds no all-reduce: per-device partial sums, one reduction after."""
-  mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-  hidden, head, targets = make_inputs(b=16)
-  ref, (ref_dh, ref_dw) = loss_and_grads(fused(16), hidden, head, targets)
-  rows = NamedSharding(mesh, P("data"))
-  args = (jax.device_put(hidden, rows), jax.device_put(head, NamedSharding(mesh, P())),
-          jax.device_put(targets, rows))
+  mesh, _, args, reference = batch_sharded_inputs()
   with jax.set_mesh(mesh):
     step = jax.jit(jax.value_and_grad(fused(8), argnums=(0, 1)))
     hlo = step.lower(*args).compile().as_text()
-    loss, (dh, dw) = step(*args)
+    result = step(*args)
   body_name = re.search(r" while\(.*body=(%[\w.\-]+)", hlo).group(1)
   body = hlo[hlo.index(f"\n{body_name} "):].split("\n}\n", 1)[0]
   in_body = re.findall(r"= ([^=]+?) all-reduce\(", body)
   assert all(shape == "f32[]" for shape in in_body), in_body  # the loss sum only
   assert re.search(r"= f32\[32,300\]\S* all-reduce\(", hlo)  # dL/dhead: once, after the scan
-  np.testing.assert_allclose(loss, ref, rtol=1e-6)
-  np.testing.assert_allclose(dh, ref_dh, rtol=1e-5, atol=1e-7)
-  np.testing.assert_allclose(dw, ref_dw, rtol=1e-5, atol=1e-6)
+  assert_matches(result, reference, dw_atol=1e-6)
 
 
 def temp_bytes(fn, *args):
