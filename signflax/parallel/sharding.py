@@ -121,6 +121,14 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None],
   return jax.lax.with_sharding_constraint(x, spec)
 
 
+def logical_axis_size(name: str, rules=LOGICAL_AXIS_RULES) -> int:
+  """How many ways the current mesh splits logical axis ``name`` (1 outside a mesh)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return 1
+  return math.prod(mesh.shape[a] for a in _mesh_axes(name, rules) if a in mesh.axis_names)
+
+
 def _keep_present(entry, mesh):
   """Drops mesh axes the current mesh does not have (e.g. a mesh without 'tensor')."""
   if entry is None:

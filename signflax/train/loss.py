@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -68,17 +67,6 @@ def _loss(hidden, head, targets, chunk_len):
   return total / targets.size
 
 
-def batch_shards(batch_size: int) -> int:
-  """How many ways the current mesh splits the batch axis (1 outside a mesh)."""
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty:
-    return 1
-  entry = parallel.logical_to_mesh_spec(("batch",))[0]
-  axes = () if entry is None else (entry,) if isinstance(entry, str) else entry
-  shards = math.prod(mesh.shape[a] for a in axes if a in mesh.axis_names)
-  return shards if batch_size % shards == 0 else 1
-
-
 def _loss_and_grads(hidden, head, targets, chunk_len):
   """The loss, ``dL/dhidden`` (hidden.dtype) and ``dL/dhead`` (float32) in one scan.
 
@@ -88,7 +76,8 @@ def _loss_and_grads(hidden, head, targets, chunk_len):
   """
   w = head.astype(hidden.dtype)
   inv_n = 1.0 / targets.size
-  shards = batch_shards(hidden.shape[0])
+  shards = parallel.logical_axis_size("batch")
+  shards = shards if hidden.shape[0] % shards == 0 else 1
   per_shard = lambda x: x.reshape((shards, x.shape[0] // shards) + x.shape[1:])
 
   def body(carry, xs):
