@@ -94,8 +94,8 @@ def validate(config) -> None:
                      f"config.model.max_seq_len={cfg.max_seq_len}")
 
   chunk = t.get("loss_chunk_len", 0)
-  if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0 or (
-      chunk and t.seq_len % chunk):
+  _positive("train", "loss_chunk_len", chunk, minimum=0)
+  if chunk and t.seq_len % chunk:
     raise ValueError(f"config.train.loss_chunk_len: {chunk!r} must be 0 (whole logits) or a "
                      f"positive divisor of config.train.seq_len={t.seq_len}")
   if t.global_batch_size % t.grad_accum:
