@@ -21,7 +21,7 @@ import sys
 import time
 
 from signflax import data as data_lib
-from signflax.cli import apply_override
+from signflax.cli import apply_override, split_overrides
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 GOAL_TOKENS_PER_S = 600e3
@@ -45,24 +45,26 @@ def measure(data_config, *, batch: int, seq_len: int, batches: int) -> dict:
               tokens_per_s=tokens_per_s, x_goal=tokens_per_s / GOAL_TOKENS_PER_S)
 
 
-def main(argv=None):
-  argv = sys.argv[1:] if argv is None else argv
-  overrides = [a for a in argv if a.startswith("--config.")]
+def _parse(argv):
+  """``(args, data config)`` from the command line; bad input raises ValueError or OSError."""
+  overrides, argv = split_overrides(argv)
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--batch", type=int, default=32)
   parser.add_argument("--seq-len", type=int, default=1024)
   parser.add_argument("--batches", type=int, default=200)
   parser.add_argument("--prefetch", default="0,2")
   parser.add_argument("--json", default="")
-  args = parser.parse_args([a for a in argv if a not in overrides])
-
+  args = parser.parse_args(argv)
   config = data_lib.default_data_config()
+  for dotted, text in overrides:
+    apply_override(config, dotted.removeprefix("data."), text)
+  data_lib.validate(config, seq_len=args.seq_len, global_batch_size=args.batch, process_count=1)
+  return args, config
+
+
+def main(argv=None):
   try:  # bad input: one line, exit 2
-    for arg in overrides:
-      dotted, text = arg[len("--config."):].split("=", 1)
-      apply_override(config, dotted.removeprefix("data."), text)
-    data_lib.validate(config, seq_len=args.seq_len, global_batch_size=args.batch,
-                      process_count=1)
+    args, config = _parse(sys.argv[1:] if argv is None else argv)
   except (ValueError, OSError) as e:
     print(f"data_bench: error: {e}", file=sys.stderr)
     raise SystemExit(2) from None

@@ -28,6 +28,17 @@ import subprocess
 import sys
 import time
 
+import jax
+import jax.numpy as jnp
+
+from signflax import model as model_lib
+from signflax import parallel
+from signflax.cli import apply_override, load_config_file, split_overrides
+from signflax.train import metrics as metrics_lib
+from signflax.train import optimizer as optimizer_lib
+from signflax.train import step as step_lib
+from signflax.train import trainer
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Goals of issue 6 (GPT-2 124M, context 1024, one H100) and the nanoGPT reference it names
 # (PyTorch 2.11, torch.compile, bf16 autocast, fused AdamW, same H100).
@@ -38,16 +49,6 @@ BYTE_VOCAB = 258  # the byte tokenizer's vocabulary, for configs with vocab_size
 
 def measure(config, optimizer: str, batch: int, steps: int) -> dict:
   """Compiles and times the train step of ``config`` with ``optimizer`` at ``batch``."""
-  import jax  # noqa: PLC0415 - the parent process never initializes a backend
-  import jax.numpy as jnp  # noqa: PLC0415
-
-  from signflax import model as model_lib  # noqa: PLC0415
-  from signflax import parallel  # noqa: PLC0415
-  from signflax.train import metrics as metrics_lib  # noqa: PLC0415
-  from signflax.train import optimizer as optimizer_lib  # noqa: PLC0415
-  from signflax.train import step as step_lib  # noqa: PLC0415
-  from signflax.train import trainer  # noqa: PLC0415
-
   config = config.copy_and_resolve_references()
   with config.unlocked():
     config.optimizer.name = optimizer
@@ -100,7 +101,6 @@ def measure(config, optimizer: str, batch: int, steps: int) -> dict:
 
 
 def _load_config(path, overrides, grad_accum: int):
-  from signflax.cli import apply_override, load_config_file  # noqa: PLC0415
   config = load_config_file(path)
   for dotted, text in overrides:
     apply_override(config, dotted, text)
@@ -140,18 +140,6 @@ def _gib(n):
   return f"{n / 2**30:.2f}" if n else "-"
 
 
-def _split_overrides(argv):
-  """``--config.a.b=v`` arguments -> [("a.b", "v")], and the rest."""
-  overrides, rest = [], []
-  for arg in argv:
-    if arg.startswith("--config.") and "=" in arg:
-      dotted, text = arg[len("--config."):].split("=", 1)
-      overrides.append((dotted, text))
-    else:
-      rest.append(arg)
-  return overrides, rest
-
-
 def print_table(rows, *, name: str, seq_len: int, device: str, label: str) -> None:
   print(f"\ntrain step, {name}, context {seq_len}, on {device}{' | ' + label if label else ''}")
   header = (f"{'optimizer':<10} {'batch':>5} {'attn':>5} {'step ms':>8} {'tokens/s':>10} "
@@ -170,8 +158,9 @@ def print_table(rows, *, name: str, seq_len: int, device: str, label: str) -> No
           f"{r['goal']}")
 
 
-def main(argv=None):
-  overrides, argv = _split_overrides(sys.argv[1:] if argv is None else argv)
+def _parse(argv):
+  """``(args, config)`` from the command line; bad input raises ValueError or OSError."""
+  overrides, argv = split_overrides(argv)
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--config", default=None, help="default: configs/lm/gpt2_124m.py "
                       "(--small: configs/lm/tiny.py)")
@@ -188,11 +177,16 @@ def main(argv=None):
   args.overrides = overrides
   args.config_path = pathlib.Path(
       args.config or ROOT / "configs" / "lm" / ("tiny.py" if args.small else "gpt2_124m.py"))
+  return args, _load_config(args.config_path, overrides, args.grad_accum)
+
+
+def main(argv=None):
   try:  # bad input: one line, exit 2, before any compilation
-    config = _load_config(args.config_path, overrides, args.grad_accum)
+    args, config = _parse(sys.argv[1:] if argv is None else argv)
   except (ValueError, OSError) as e:
     print(f"train_bench: error: {e}", file=sys.stderr)
     raise SystemExit(2) from None
+  overrides = args.overrides
 
   if args.row:
     optimizer, batch, steps = args.row.split(":")
@@ -209,8 +203,7 @@ def main(argv=None):
       print(f"  measured {name} batch {batch}: {shown}", file=sys.stderr, flush=True)
   max_batch = find_max_batch(args, "signum", max(batches)) if args.find_max_batch else None
 
-  import jax  # noqa: PLC0415 - only for the device's name, after the rows ran
-  device = jax.devices()[0]
+  device = jax.devices()[0]  # the parent starts a backend only now, after the rows ran
   print_table(rows, name=args.config_path.name, seq_len=config.train.seq_len,
               device=f"{jax.device_count()} x {device.device_kind} (jax {jax.__version__})",
               label=args.label)

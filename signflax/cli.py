@@ -126,11 +126,30 @@ def apply_override(config: ml_collections.ConfigDict, dotted: str, text: str) ->
     node[leaf] = _coerce(dotted, node[leaf], parse_value(text))
 
 
+def split_overrides(argv: Sequence[str]) -> tuple[list[tuple[str, str]], list[str]]:
+  """``--config.<field>=<value>`` (or ``--config.<field> <value>``) arguments ->
+  ``([(field, value), ...], the other arguments)``."""
+  overrides, rest = [], []
+  args = list(argv)
+  while args:
+    arg = args.pop(0)
+    key, eq, value = arg.partition("=")
+    if not key.startswith("--config."):
+      rest.append(arg)
+      continue
+    if not eq:
+      if not args:
+        raise UsageError(f"{key}: needs a value")
+      value = args.pop(0)
+    overrides.append((key[len("--config."):], value))
+  return overrides, rest
+
+
 def parse_config_args(argv: Sequence[str], default_config: pathlib.Path
                       ) -> tuple[ml_collections.ConfigDict, str | None]:
   """Parses ``[--config FILE] [--workdir DIR] [--config.x=v ...]`` into (config, workdir)."""
-  config_path, workdir, overrides = None, None, []
-  args = list(argv)
+  config_path, workdir = None, None
+  overrides, args = split_overrides(argv)
   while args:
     arg = args.pop(0)
     key, eq, value = arg.partition("=")
@@ -143,12 +162,6 @@ def parse_config_args(argv: Sequence[str], default_config: pathlib.Path
         config_path = value
       else:
         workdir = value
-    elif key.startswith("--config."):
-      if not eq:
-        if not args:
-          raise UsageError(f"{key}: needs a value")
-        value = args.pop(0)
-      overrides.append((key[len("--config."):], value))
     else:
       raise UsageError(f"unknown argument {arg!r}; allowed: --config FILE, --workdir DIR, "
                        "--config.<field>=<value>")
