@@ -219,6 +219,13 @@ def _plt():
   return plt
 
 
+def _save_figure(fig, path: pathlib.Path) -> None:
+  """Writes ``fig`` as a PNG and frees it."""
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  _plt().close(fig)
+
+
 def _json_default(x):
   if isinstance(x, (np.integer,)):
     return int(x)
@@ -276,9 +283,7 @@ def _data_scaling(config, out: pathlib.Path, tb: EventWriter) -> dict:
   ax.set(xlabel="data budget D", ylabel="best excess risk over (eta, B)",
          title=f"data scaling, alpha={config.alpha}, beta={config.beta}, s={s:.2f}")
   ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(out / "data_scaling.png", dpi=120)
-  plt.close(fig)
+  _save_figure(fig, out / "data_scaling.png")
   table = _table(["optimizer", "predicted exponent", "measured exponent", "exact SGD recursion",
                   "best loss at D_max", "fitted law at D_max", "B*", "eta*"], rows)
   return dict(table=table, summary=summary, arrays=arrays)
@@ -323,9 +328,7 @@ def _batch_scaling(config, out: pathlib.Path, tb: EventWriter) -> dict:
          title=f"D = 2^{config.log2_budget_max}: measured B* (dotted), fitted-law B* (dashed)")
   ax.title.set_fontsize(8)
   ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(out / "batch_scaling.png", dpi=120)
-  plt.close(fig)
+  _save_figure(fig, out / "batch_scaling.png")
   table = _table(["optimizer", "predicted B* exponent", "measured B* exponent",
                   "exact SGD recursion", "measured B* at D_max", "fitted-law B* (c=1)"], rows)
   return dict(table=table, summary=summary, arrays=arrays)
@@ -376,9 +379,7 @@ def _phase_diagram(config, out: pathlib.Path, tb: EventWriter) -> dict:
     ax.set(xlim=(b[0], b[-1]), ylim=(a[0], a[-1]), xlabel="b (B = D^b)", ylabel="a (eta = D^-a)",
            title=f"{name}, D = 2^{int(log_d)}")
     ax.legend(fontsize=6, loc="lower right")
-  fig.tight_layout()
-  fig.savefig(out / "phase_diagram.png", dpi=120)
-  plt.close(fig)
+  _save_figure(fig, out / "phase_diagram.png")
   table = _table(["optimizer", "family", "predicted d a*/d b", "measured d a*/d b",
                   "best loss"], rows)
   return dict(table=table, summary=summary, arrays=arrays)
@@ -409,9 +410,7 @@ def _ode_check(config, out: pathlib.Path, tb: EventWriter) -> dict:
   ax.set(xlabel="t = k / d", ylabel="excess risk",
          title=f"d={d}, eta={eta}, alpha={config.alpha}, beta={config.beta}: max gap {gap.max():.1%}")
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(out / "ode_check.png", dpi=120)
-  plt.close(fig)
+  _save_figure(fig, out / "ode_check.png")
   picks = np.unique(np.linspace(0, times.size - 1, min(8, times.size)).astype(int))
   rows = [[f"{times[i]:.3g}", f"{simulated[i]:.4e} +- {stderr[i]:.1e}", f"{ode[i]:.4e}",
            f"{gap[i]:.2%}"] for i in picks]
