@@ -264,12 +264,14 @@ def num_windows(num_tokens: int, seq_len: int) -> int:
   return max(num_tokens - 1, 0) // seq_len
 
 
-class ArrayWindows:
-  """Window ``i`` of an in-memory token stream, as int32[seq_len + 1]."""
+class _Windows:
+  """Random access to the ``seq_len + 1``-token windows (stride ``seq_len``) of a stream
+  of ``num_tokens`` tokens, as int32; subclasses read tokens ``[start, stop)`` in ``_read``.
+  """
 
-  def __init__(self, tokens: np.ndarray, seq_len: int):
-    self._tokens, self._seq_len = tokens, seq_len
-    self._len = num_windows(len(tokens), seq_len)
+  def __init__(self, num_tokens: int, seq_len: int):
+    self._num_tokens, self._seq_len = num_tokens, seq_len
+    self._len = num_windows(num_tokens, seq_len)
 
   def __len__(self) -> int:
     return self._len
@@ -278,13 +280,27 @@ class ArrayWindows:
     if not 0 <= i < self._len:
       raise IndexError(i)
     start = int(i) * self._seq_len
-    return self._tokens[start:start + self._seq_len + 1].astype(np.int32)
+    return self._read(start, start + self._seq_len + 1).astype(np.int32)
+
+  def _read(self, start: int, stop: int) -> np.ndarray:
+    raise NotImplementedError
 
   def __repr__(self) -> str:
-    return f"ArrayWindows(tokens={len(self._tokens)}, seq_len={self._seq_len})"
+    return f"{type(self).__name__}(tokens={self._num_tokens}, seq_len={self._seq_len})"
 
 
-class ArrayRecordWindows:
+class ArrayWindows(_Windows):
+  """Window ``i`` of an in-memory token stream, as int32[seq_len + 1]."""
+
+  def __init__(self, tokens: np.ndarray, seq_len: int):
+    super().__init__(len(tokens), seq_len)
+    self._tokens = tokens
+
+  def _read(self, start: int, stop: int) -> np.ndarray:
+    return self._tokens[start:stop]
+
+
+class ArrayRecordWindows(_Windows):
   """Window ``i`` of a token stream stored as fixed-size ArrayRecord chunks.
 
   Record ``c`` of the split's shards holds tokens ``[c*C, (c+1)*C)`` (``C =
@@ -296,26 +312,15 @@ class ArrayRecordWindows:
                dtype: str, seq_len: int):
     import grain  # pylint: disable=import-outside-toplevel
     self._records = grain.sources.ArrayRecordDataSource(list(shard_paths))
-    self._num_tokens, self._chunk = num_tokens, chunk_tokens
-    self._dtype, self._seq_len = np.dtype(dtype), seq_len
-    self._len = num_windows(num_tokens, seq_len)
+    super().__init__(num_tokens, seq_len)
+    self._chunk, self._dtype = chunk_tokens, np.dtype(dtype)
 
-  def __len__(self) -> int:
-    return self._len
-
-  def __getitem__(self, i: int) -> np.ndarray:
-    if not 0 <= i < self._len:
-      raise IndexError(i)
-    start = int(i) * self._seq_len
-    stop = start + self._seq_len + 1
+  def _read(self, start: int, stop: int) -> np.ndarray:
     first, last = start // self._chunk, (stop - 1) // self._chunk
     records = self._records.__getitems__(list(range(first, last + 1)))
     chunk = np.concatenate([np.frombuffer(r, self._dtype) for r in records])
     offset = start - first * self._chunk
-    return chunk[offset:offset + self._seq_len + 1].astype(np.int32)
-
-  def __repr__(self) -> str:
-    return f"ArrayRecordWindows(tokens={self._num_tokens}, seq_len={self._seq_len})"
+    return chunk[offset:offset + stop - start]
 
 
 # ---------------------------------------------------------------------------
