@@ -171,6 +171,9 @@ def parse_config_args(argv: Sequence[str], default_config: pathlib.Path
   return config, workdir
 
 
+ALLOW_CONFIG_CHANGE = "--allow-config-change"
+
+
 def _fail(command: str, message: str) -> int:
   print(f"signflax {command}: error: {message}", file=sys.stderr)
   return 2
@@ -178,6 +181,9 @@ def _fail(command: str, message: str) -> int:
 
 def run_config_command(command: str, argv: Sequence[str]) -> int:
   module_name, default, _ = CONFIG_COMMANDS[command]
+  # train: accept a resume whose config changes train.seed (see signflax.train.recovery)
+  allow_change = command == "train" and ALLOW_CONFIG_CHANGE in argv
+  argv = [a for a in argv if not (allow_change and a == ALLOW_CONFIG_CHANGE)]
   try:
     config, workdir = parse_config_args(argv, _REPO_CONFIGS / default)
     if workdir is None:
@@ -186,7 +192,8 @@ def run_config_command(command: str, argv: Sequence[str]) -> int:
     module.validate(config)
   except ValueError as e:  # UsageError and every validate() failure
     return _fail(command, str(e))
-  result = module.run(config, workdir)
+  result = (module.run(config, workdir, allow_config_change=True) if allow_change
+            else module.run(config, workdir))
   return int(result or 0)
 
 

@@ -1,48 +1,86 @@
-"""Orbax checkpoints of the train state and the Grain iterator position.
+"""Orbax checkpoints of the train state and the Grain iterator position, checksummed.
 
-    ckpt = Checkpointer(workdir / "checkpoints", every_steps=100, keep=3, keep_period=1000)
+    ckpt = Checkpointer(workdir / "checkpoints", keep=3, keep_period=1000, clean_leftovers=True)
     restored = ckpt.restore_latest(abstract_state)     # None in a fresh workdir
     ...
-    ckpt.maybe_save(step, state, {"data": train_iter.get_state(), ...})
+    ckpt.save(step, state, {"data": train_iter.get_state(), ...})
     ckpt.close()                                      # waits for the last async save
 
 Each step directory holds two items: ``state`` (the ``TrainState`` pytree:
 step, params, optimizer state; sharded arrays, written by every process) and
-``extra`` (JSON: the Grain iterator state and the loop's bookkeeping, written
-by process 0: every process reads its slice of the same global batches, so the
-Grain position is the same on all of them, and also valid for another process
-count). The run's randomness is the seed (parameter init) and the data order,
-which the Grain state carries, so a resumed run repeats the same steps.
+``extra`` (JSON: the Grain iterator state, the loop's bookkeeping and a checksum
+per array, written by process 0: every process reads its slice of the same
+global batches, so the Grain position is the same on all of them, and also
+valid for another process count). A resumed run repeats the same steps.
 
 Restores go *into* the caller's abstract state: ``jax.ShapeDtypeStruct`` leaves
 carrying the current run's ``NamedSharding``s, so a checkpoint saved on 8
-devices restores onto 4, or 1, or another mesh. A latest checkpoint that fails
-to restore (truncated or corrupt files) is reported and skipped in favour of the
-one before; it is moved to ``<directory>/../corrupt_checkpoints/`` (never
-deleted) so the run can save that step again. A checkpoint whose shapes differ
-from the current model raises ``IncompatibleCheckpointError`` before anything
-is moved.
+devices restores onto 4, or 1, or another mesh.
+
+A failed restore is one of three kinds, never mistaken for another:
+
+* **incompatible** (``IncompatibleCheckpointError``): the saved tree and the
+  requested one differ (leaf names, shapes or dtypes, compared in both
+  directions from Orbax's metadata, before any array is read). Nothing moves.
+* **corrupt** (``CorruptCheckpointError`` inside ``restore_latest``): a file is
+  missing or truncated, Orbax's own checks fail, or an array's checksum differs
+  from the one computed while saving. The step directory is moved, whole, to
+  ``<directory>/../corrupt_checkpoints/`` and the one before is tried; the
+  detailed exception goes to ``<directory>/../checkpoint_errors.log``.
+* **transient** (``TransientCheckpointError``): ``OSError`` and the like
+  (a flaky network filesystem, a host briefly out of memory). Retried with
+  exponential backoff; if it keeps failing, nothing is moved and the next start
+  tries again.
+
+Saves check for room first (a warning when the disk cannot hold one more
+checkpoint) and turn a full disk into ``CheckpointSaveError`` with one line
+("No space left on device (0.1 GB free, 0.4 GB needed)"); the last committed
+checkpoint is untouched, since Orbax writes into a temporary directory and
+renames it only when complete.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
+import functools
+import logging
 import pathlib
 import shutil
 import sys
 import time
-from typing import Any
+import traceback
+from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 STATE, EXTRA = "state", "extra"
+CHECKSUMS = "checksums"            # the key of the per-array checksums in ``extra``
+TMP_SUFFIX = ".orbax-checkpoint-tmp"
+# What a committed step directory always holds (relative paths).
+COMMITTED_FILES = ("_CHECKPOINT_METADATA", f"{STATE}/_METADATA", f"{EXTRA}/metadata")
+ERROR_LOG = "checkpoint_errors.log"
+CORRUPT_DIR = "corrupt_checkpoints"
 
 
 class IncompatibleCheckpointError(ValueError):
-  """The checkpoint holds a different model or optimizer (shapes or structure)."""
+  """The checkpoint holds a different model or optimizer (names, shapes or dtypes)."""
+
+
+class CorruptCheckpointError(RuntimeError):
+  """A checkpoint's files are missing, truncated, or fail their checksums."""
+
+
+class TransientCheckpointError(RuntimeError):
+  """Reading a checkpoint kept failing with an error that may pass (I/O, memory)."""
+
+
+class CheckpointSaveError(RuntimeError):
+  """A save failed (disk full, file too large, ...); the message is one line."""
 
 
 @dataclasses.dataclass
@@ -58,52 +96,297 @@ def _warn(message: str) -> None:
     print(f"signflax: warning: {message}", file=sys.stderr, flush=True)
 
 
+def _first_line(e: BaseException, limit: int = 200) -> str:
+  return f"{type(e).__name__}: " + (str(e).strip().splitlines() or [""])[0][:limit]
+
+
 def _path_name(path) -> str:
   """A pytree path as 'opt_state.0.mu.embed', whatever the containers (dict, tuple, namedtuple)."""
   return jax.tree_util.keystr(path, simple=True, separator=".")
 
 
-def _shape_mismatches(stored: Any, target: Any, limit: int = 3) -> list[str]:
-  """'path: stored shape vs target shape' for up to ``limit`` leaves that differ."""
-  stored_shapes = {_path_name(p): tuple(getattr(leaf, "shape", ()))
-                   for p, leaf in jax.tree_util.tree_flatten_with_path(stored)[0]}
-  out = []
-  for path, leaf in jax.tree_util.tree_flatten_with_path(target)[0]:
-    name = _path_name(path)
-    if name not in stored_shapes:
-      out.append(f"{name}: missing from the checkpoint")
-    elif stored_shapes[name] != tuple(leaf.shape):
-      out.append(f"{name}: {stored_shapes[name]} in the checkpoint vs {tuple(leaf.shape)} now")
-    if len(out) >= limit:
-      break
-  return out
+# ---------------------------------------------------------------------------- checksums
+
+
+def _leaf_checksum(x: jax.Array) -> jax.Array:
+  """Two position-weighted sums of ``x``'s bits, uint32[2].
+
+  With ``u_i`` the bits of element ``i`` (flat index) as uint32 and ``g(u) = u ^ (u >> 16)``
+  (a bijection), ``a = sum_i g(u_i) (2i + 1)`` and
+  ``b = sum_i (u_i + i) (2 i c + 1)`` mod 2^32, ``c`` an odd constant. One changed element
+  always changes ``a`` (odd weights are invertible mod 2^32); several changes cancel in
+  both with probability about 2^-64. Elementwise ops and a full reduction only, so a
+  sharded array is checksummed where it lives, the same on any mesh.
+  """
+  if x.dtype == jnp.bool_:
+    x = x.astype(jnp.uint8)
+  width = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
+  u = jax.lax.bitcast_convert_type(x, width).astype(jnp.uint32)   # 8-byte: trailing dim 2
+  index = jnp.zeros(u.shape, jnp.uint32)
+  for axis, size in enumerate(u.shape):
+    index = index * jnp.uint32(size) + jax.lax.broadcasted_iota(jnp.uint32, u.shape, axis)
+  a = jnp.sum((u ^ (u >> 16)) * (2 * index + 1), dtype=jnp.uint32)
+  b = jnp.sum((u + index) * (2 * index * jnp.uint32(0x9E3779B1) + 1), dtype=jnp.uint32)
+  return jnp.stack([a, b])
+
+
+@functools.lru_cache(maxsize=8)
+def _checksum_fn(out_sharding) -> Callable:
+  return jax.jit(lambda tree: jax.tree.map(_leaf_checksum, tree), out_shardings=out_sharding)
+
+
+def checksums(state: Any) -> dict[str, str]:
+  """``{leaf name: 16 hex digits}`` for every array in ``state`` (see ``_leaf_checksum``)."""
+  leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+  if not leaves:
+    return {}
+  sharding = getattr(leaves[0][1], "sharding", None)
+  replicated = (jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+                if isinstance(sharding, jax.sharding.NamedSharding) else None)
+  sums = jax.device_get(_checksum_fn(replicated)([leaf for _, leaf in leaves]))
+  return {_path_name(path): "%08x%08x" % tuple(int(v) for v in np.asarray(s))
+          for (path, _), s in zip(leaves, sums)}
+
+
+def checksum_mismatches(state: Any, expected: dict[str, str]) -> list[str]:
+  """Names of ``state``'s arrays whose checksum differs from ``expected`` (absent = unchecked)."""
+  got = checksums(state)
+  return [name for name, value in got.items() if name in expected and expected[name] != value]
+
+
+# ---------------------------------------------------------------------------- compatibility
+
+
+def _leaf_table(tree: Any) -> dict[str, tuple]:
+  """``{leaf name: (shape, dtype)}`` of arrays, ShapeDtypeStructs or Orbax array metadata."""
+  return {_path_name(p): (tuple(getattr(leaf, "shape", ())), str(np.dtype(leaf.dtype))
+                          if getattr(leaf, "dtype", None) is not None else None)
+          for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _state_fields(table: dict[str, tuple], param_names: set[str]) -> list[str]:
+  """The optimizer state's field names ('count', 'mu', ...): leaf names under 'opt_state'
+  with the parameter path and container indices removed."""
+  fields = []
+  for name in table:
+    if not name.startswith("opt_state"):
+      continue
+    parts = name.split(".")[1:]
+    for i in range(len(parts)):
+      if ".".join(parts[i:]) in param_names:
+        parts = parts[:i]
+        break
+    field = ".".join(p for p in parts if not p.isdigit())
+    if field and field not in fields:
+      fields.append(field)
+  return fields
+
+
+def describe_difference(saved: dict[str, tuple], wanted: dict[str, tuple],
+                        labels: tuple[str, str] = ("optimizer", "optimizer"),
+                        limit: int = 3) -> str | None:
+  """One phrase naming how two leaf tables (``_leaf_table``) differ; None if they agree.
+
+  Optimizer state that differs is named by its fields ("checkpoint has adamw
+  state (count, mu, nu); config asks for sign_sgd (count)"); other leaves by
+  name, shape and dtype, in both directions.
+  """
+  if saved == wanted:
+    return None
+  params = {n[len("params."):] for n in (*saved, *wanted) if n.startswith("params.")}
+  opt = lambda t: {k: v for k, v in t.items() if k.startswith("opt_state")}
+  parts = []
+  if opt(saved) != opt(wanted):
+    def listed(t):
+      return ", ".join(_state_fields(t, params)) or "none"
+    parts.append(f"checkpoint has {labels[0]} state ({listed(saved)}); config asks for "
+                 f"{labels[1]} ({listed(wanted)})")
+  rest = []
+  for name in sorted(set(saved) | set(wanted)):
+    if name.startswith("opt_state") and parts:
+      continue
+    if name not in wanted:
+      rest.append(f"{name} is in the checkpoint but not in this model")
+    elif name not in saved:
+      rest.append(f"{name} is missing from the checkpoint")
+    elif saved[name] != wanted[name]:
+      (s_shape, s_dtype), (w_shape, w_dtype) = saved[name], wanted[name]
+      rest.append(f"{name}: {s_dtype}{list(s_shape)} in the checkpoint vs "
+                  f"{w_dtype}{list(w_shape)} now")
+  if len(rest) > limit:
+    rest = rest[:limit] + [f"{len(rest) - limit} more"]
+  return "; ".join(parts + rest)
+
+
+# ---------------------------------------------------------------------------- failures
+
+
+_TRANSIENT_STATUS = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED")
+_MISSING = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
+_DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def _chain(e: BaseException):
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    yield e
+    e = e.__cause__ or e.__context__
+
+
+def is_transient(e: BaseException) -> bool:
+  """Whether a restore error may pass on retry (I/O, timeouts, memory), not corruption.
+
+  A missing file is corruption; any other ``OSError``, ``MemoryError``, or a
+  TensorStore status such as UNAVAILABLE is transient.
+  """
+  for err in _chain(e):
+    if isinstance(err, (MemoryError, TimeoutError, ConnectionError)):
+      return True
+    if isinstance(err, OSError) and not isinstance(err, _MISSING):
+      return True
+    if str(err).lstrip().startswith(_TRANSIENT_STATUS):
+      return True
+  return False
+
+
+def disk_full_reason(e: BaseException) -> str | None:
+  """'No space left on device' / 'File too large' if ``e`` (or its cause) says so."""
+  for err in _chain(e):
+    if isinstance(err, OSError) and err.errno in _DISK_FULL:
+      return err.strerror or str(err)
+    for reason in ("No space left on device", "File too large", "Disk quota exceeded"):
+      if reason in str(err):
+        return reason
+  return None
+
+
+def _existing_parent(path: pathlib.Path) -> pathlib.Path:
+  while not path.exists() and path != path.parent:
+    path = path.parent
+  return path
+
+
+def tree_nbytes(tree: Any) -> int:
+  """Bytes of all (global) arrays in ``tree``: the size of one checkpoint, about."""
+  return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+
+def free_bytes(path: str | pathlib.Path) -> int:
+  return shutil.disk_usage(_existing_parent(pathlib.Path(path).absolute())).free
+
+
+def _gb(n: float) -> str:
+  return f"{n / 1e9:.3g} GB"
+
+
+# ---------------------------------------------------------------------------- leftovers
+
+
+def is_committed(step_dir: pathlib.Path) -> bool:
+  return all((step_dir / name).exists() for name in COMMITTED_FILES)
+
+
+def remove_leftovers(directory: str | pathlib.Path) -> list[str]:
+  """Removes unfinished saves and sets half-deleted steps aside; returns one line per action.
+
+  Only safe when no live process writes to ``directory`` (the trainer holds the
+  workdir lock). ``<step>.orbax-checkpoint-tmp*`` directories are saves that never
+  committed: removed. A step directory lacking a file every committed step has
+  (``COMMITTED_FILES``) was being deleted (or copied) when a process died: moved to
+  ``corrupt_checkpoints/``, never deleted.
+  """
+  directory = pathlib.Path(directory)
+  if not directory.is_dir():
+    return []
+  lines = []
+  unfinished = sorted(p for p in directory.iterdir() if TMP_SUFFIX in p.name)
+  for path in unfinished:
+    shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink()
+  if unfinished:
+    lines.append(f"removed {len(unfinished)} unfinished checkpoint save(s) "
+                 f"({', '.join(p.name.split('.')[0] for p in unfinished)}) in {directory}")
+  for path in sorted((p for p in directory.iterdir() if p.name.isdigit() and p.is_dir()),
+                     key=lambda p: int(p.name)):
+    if not is_committed(path):
+      target = _set_aside_path(directory, path.name)
+      shutil.move(str(path), str(target))
+      lines.append(f"checkpoint step directory {path} is incomplete (a kill while it was "
+                   f"deleted?); moved to {target}")
+  return lines
+
+
+def _set_aside_path(directory: pathlib.Path, name: str) -> pathlib.Path:
+  corrupt = directory.parent / CORRUPT_DIR
+  corrupt.mkdir(exist_ok=True)
+  target = corrupt / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+  n = 1
+  while target.exists():
+    target, n = corrupt / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{n}", n + 1
+  return target
+
+
+class _DropOrbaxErrors(logging.Filter):
+  """Drops log records from Orbax's own files (its background threads' tracebacks)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "orbax" not in record.pathname
+
+
+def quiet_background_noise() -> None:
+  """Silences the chatter of Orbax's background threads when a save or restore fails
+  ("Task exception was never retrieved", their tracebacks on the absl logger): the
+  error is raised to the caller, reported in one line, and written to the error log."""
+  logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+  absl = logging.getLogger("absl")
+  if not any(isinstance(f, _DropOrbaxErrors) for f in absl.filters):
+    absl.addFilter(_DropOrbaxErrors())
+
+
+# ---------------------------------------------------------------------------- checkpointer
 
 
 class Checkpointer:
-  """An ``ocp.CheckpointManager`` over ``directory`` with the trainer's save and keep rules.
+  """An ``ocp.CheckpointManager`` over ``directory`` with keep rules, checksums and the
+  restore-failure classes of the module docstring. The caller decides when to save.
 
   Args:
     directory: where step directories go (created on the first save).
-    every_steps: save when ``step % every_steps == 0`` (``maybe_save``).
     keep: keep the latest ``keep`` checkpoints ...
     keep_period: ... plus every step divisible by ``keep_period`` (0 = none).
     async_save: write in a background thread; the step loop only waits for the
-      device-to-host copy.
+      device-to-host copy (and the checksums).
+    checksum: store a checksum per array in ``extra`` and verify it on restore.
+    restore_tries: attempts per checkpoint on a transient read error (>= 1).
+    retry_delay_s: the first wait between attempts; doubled after each.
+    clean_leftovers: first remove unfinished saves and set half-deleted steps aside
+      (see ``remove_leftovers``); only when no other live process uses ``directory``.
   """
 
-  def __init__(self, directory: str | pathlib.Path, *, every_steps: int, keep: int = 3,
-               keep_period: int = 0, async_save: bool = True):
+  def __init__(self, directory: str | pathlib.Path, *, keep: int = 3, keep_period: int = 0,
+               async_save: bool = True, checksum: bool = True, restore_tries: int = 3,
+               retry_delay_s: float = 1.0, clean_leftovers: bool = False):
+    if restore_tries < 1:
+      raise ValueError(f"restore_tries: must be >= 1, got {restore_tries!r}")
     self.directory = pathlib.Path(directory).absolute()
-    self.every_steps = every_steps
+    self.checksum, self.restore_tries, self.retry_delay_s = checksum, restore_tries, retry_delay_s
+    self.error_log = self.directory.parent / ERROR_LOG
+    self._room_warned = False
+    quiet_background_noise()
+    if clean_leftovers:
+      if jax.process_index() == 0:
+        for line in remove_leftovers(self.directory):
+          _warn(line)
+      multihost_utils.sync_global_devices("signflax_checkpoint_leftovers")
     policies = [ocp.checkpoint_managers.LatestN(n=keep)]
     if keep_period:
       policies.append(ocp.checkpoint_managers.EveryNSteps(interval_steps=keep_period))
     options = ocp.CheckpointManagerOptions(
-        save_interval_steps=1,  # the trainer decides when (every_steps, SIGTERM, last step)
+        save_interval_steps=1,  # the trainer decides when (every_steps, signals, last step)
         preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
         enable_async_checkpointing=async_save,
         create=False,           # nothing is written until the first save
-        cleanup_tmp_directories=False)
+        cleanup_tmp_directories=False)  # remove_leftovers does it, knowing no one else writes
     registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
     for name, handler, args in ((STATE, ocp.handlers.StandardCheckpointHandler,
                                  (ocp.args.StandardSave, ocp.args.StandardRestore)),
@@ -113,116 +396,188 @@ class Checkpointer:
         registry.add(name, arg, handler)
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           handler_registry=registry)
+    self._pending_bytes = 0
 
   def all_steps(self) -> list[int]:
     """Committed steps, oldest first (unfinished temporary directories are not steps)."""
     return sorted(self._manager.all_steps()) if self.directory.exists() else []
 
-  def should_save(self, step: int) -> bool:
-    return step % self.every_steps == 0
+  def latest_step(self) -> int | None:
+    steps = self.all_steps()
+    return steps[-1] if steps else None
+
+  # -- saving
+
+  def _check_room(self, needed: int) -> int:
+    """Free bytes; warns (once) when one more checkpoint would not fit with a 10% margin."""
+    free = free_bytes(self.directory)
+    if free < 1.1 * needed and not self._room_warned:
+      self._room_warned = True
+      _warn(f"{_gb(free)} free in {_existing_parent(self.directory)} for checkpoints of "
+            f"{_gb(needed)}; the next save may fail (free some space)")
+    return free
+
+  def _save_error(self, e: BaseException) -> CheckpointSaveError:
+    reason = disk_full_reason(e) or _first_line(e)
+    self._log_error("save", e)
+    return CheckpointSaveError(
+        f"checkpoint save failed: {reason} ({_gb(free_bytes(self.directory))} free, "
+        f"{_gb(self._pending_bytes)} needed)")
 
   def save(self, step: int, state: Any, extra: dict) -> None:
-    """Saves ``state`` and JSON ``extra`` at ``step`` (async: returns after the host copy)."""
-    if jax.process_index() == 0:
-      self.directory.mkdir(parents=True, exist_ok=True)
-    multihost_utils.sync_global_devices("signflax_checkpoint_dir")
-    self._manager.save(step, args=ocp.args.Composite(
-        **{STATE: ocp.args.StandardSave(state), EXTRA: ocp.args.JsonSave(extra)}), force=True)
-
-  def maybe_save(self, step: int, state: Any, extra: dict) -> bool:
-    if not self.should_save(step):
-      return False
-    self.save(step, state, extra)
-    return True
-
-  def check_compatible(self, step: int, abstract_state: Any) -> None:
-    """Raises IncompatibleCheckpointError if ``step``'s stored shapes differ from the target's.
-
-    Unreadable metadata is left to ``restore`` (it counts as a corrupt checkpoint).
-    """
+    """Saves ``state`` and JSON ``extra`` (plus checksums) at ``step``; async: returns after
+    the host copy. Raises CheckpointSaveError with one line if this or the previous
+    (background) save failed."""
+    self._pending_bytes = tree_nbytes(state)
+    self._check_room(self._pending_bytes)
+    if self.checksum:
+      extra = {**extra, CHECKSUMS: checksums(state)}
     try:
-      stored = self._manager.item_metadata(step)[STATE]
-    except Exception:  # noqa: BLE001 - unreadable metadata = corrupt, handled by restore
-      return
+      if jax.process_index() == 0:
+        self.directory.mkdir(parents=True, exist_ok=True)
+      multihost_utils.sync_global_devices("signflax_checkpoint_dir")
+      self._manager.save(step, args=ocp.args.Composite(
+          **{STATE: ocp.args.StandardSave(state), EXTRA: ocp.args.JsonSave(extra)}), force=True)
+      self._manager.check_for_errors()
+    except Exception as e:  # noqa: BLE001 - reported as one line, the detail goes to the log
+      raise self._save_error(e) from e
+
+  def close(self) -> None:
+    """Waits for the last async save; raises CheckpointSaveError if it failed."""
+    try:
+      self._manager.wait_until_finished()
+      self._manager.check_for_errors()
+    except Exception as e:  # noqa: BLE001
+      raise self._save_error(e) from e
+    finally:
+      self._manager.close()
+
+  # -- restoring
+
+  def saved_leaves(self, step: int) -> dict[str, tuple]:
+    """``{name: (shape, dtype)}`` of ``step``'s state from Orbax's metadata (no array read)."""
+    stored = self._manager.item_metadata(step)[STATE]
     if stored is None:
-      return
+      raise CorruptCheckpointError(f"checkpoint at step {step} has no state metadata")
+    return _leaf_table(getattr(stored, "tree", stored))
+
+  def check_compatible(self, step: int, abstract_state: Any,
+                       labels: tuple[str, str] = ("optimizer", "optimizer")) -> None:
+    """Raises IncompatibleCheckpointError (one line) if ``step``'s saved tree differs from
+    ``abstract_state`` in leaf names, shapes or dtypes; ``labels`` name the saved and the
+    requested optimizer in the message. Unreadable metadata raises CorruptCheckpointError."""
     try:
-      bad = _shape_mismatches(stored, abstract_state)
-    except Exception:  # noqa: BLE001 - a different pytree structure
-      bad = ["the pytree structure differs"]
-    if bad:
+      saved = self.saved_leaves(step)
+    except CorruptCheckpointError:
+      raise
+    except Exception as e:  # noqa: BLE001 - classified by the caller
+      if is_transient(e):
+        raise
+      raise CorruptCheckpointError(f"metadata of step {step} unreadable ({_first_line(e)})"
+                                   ) from e
+    difference = describe_difference(saved, _leaf_table(abstract_state), labels)
+    if difference:
       raise IncompatibleCheckpointError(
-          f"checkpoint {self.directory / str(step)} does not fit this model/optimizer ("
-          + "; ".join(bad) + "); use a new --workdir or the config it was saved with")
+          f"checkpoint at step {step} in {self.directory} does not fit this config: "
+          f"{difference}; use a new --workdir or the config it was saved with")
 
   def restore(self, step: int, abstract_state: Any) -> Restored:
-    """Restores ``step`` into ``abstract_state`` (ShapeDtypeStructs with shardings)."""
+    """Restores ``step`` into ``abstract_state`` (ShapeDtypeStructs with shardings) and
+    verifies its checksums (CorruptCheckpointError naming the arrays that differ)."""
     out = self._manager.restore(step, args=ocp.args.Composite(
         **{STATE: ocp.args.StandardRestore(abstract_state), EXTRA: ocp.args.JsonRestore()}))
-    state = out[STATE]
+    state, extra = out[STATE], dict(out[EXTRA] or {})
     jax.block_until_ready(state)
-    return Restored(step=step, state=state, extra=dict(out[EXTRA] or {}))
+    expected = extra.pop(CHECKSUMS, None)
+    if self.checksum and expected:
+      bad = checksum_mismatches(state, expected)
+      if bad:
+        raise CorruptCheckpointError(
+            f"checksum mismatch in {', '.join(bad[:3])}"
+            + (f" and {len(bad) - 3} more array(s)" if len(bad) > 3 else ""))
+    return Restored(step=step, state=state, extra=extra)
 
-  def restore_latest(self, abstract_state: Any) -> Restored | None:
-    """Restores the newest checkpoint that reads back; None if there is none.
+  def _with_retries(self, step: int, read: Callable[[], Any]) -> Any:
+    """``read()``, retried on transient errors; TransientCheckpointError once tries run out."""
+    delay = self.retry_delay_s
+    for attempt in range(1, self.restore_tries + 1):
+      try:
+        return read()
+      except (IncompatibleCheckpointError, CorruptCheckpointError):
+        raise
+      except Exception as e:  # noqa: BLE001 - classified here
+        if not is_transient(e):
+          raise CorruptCheckpointError(_first_line(e)) from e
+        self._log_error(f"step {step}, attempt {attempt}", e)
+        if attempt == self.restore_tries:
+          raise TransientCheckpointError(
+              f"checkpoint at step {step} in {self.directory} could not be read after "
+              f"{attempt} tries ({_first_line(e)}); nothing was moved: start again to retry"
+          ) from e
+        _warn(f"reading the checkpoint at step {step} failed ({_first_line(e, 120)}); "
+              f"retrying in {delay:g}s")
+        time.sleep(delay)
+        delay *= 2
 
-    Checkpoints that fail to read are reported, then moved aside once an older
-    one restored (so later saves of those steps do not collide); nothing is
-    deleted. Raises IncompatibleCheckpointError for a checkpoint of another
-    model, and RuntimeError if checkpoints exist but none restores.
+  def restore_latest(self, abstract_state: Any,
+                     labels: tuple[str, str] = ("optimizer", "optimizer")) -> Restored | None:
+    """Restores the newest checkpoint that reads back and verifies; None if there is none.
+
+    Raises IncompatibleCheckpointError (nothing moved) or TransientCheckpointError
+    (nothing moved); corrupt checkpoints are reported in one line each and moved
+    aside once an older one restored; RuntimeError if none restores (nothing moved).
     """
     steps = self.all_steps()
     if not steps:
       return None
-    self.check_compatible(steps[-1], abstract_state)
     bad = []
     for step in reversed(steps):
       try:
-        restored = self.restore(step, abstract_state)
-      except IncompatibleCheckpointError:
-        raise
-      except Exception as e:  # noqa: BLE001 - any read failure means a broken checkpoint
-        first_line = (str(e).strip().splitlines() or [""])[0][:200]
-        _warn(f"checkpoint at step {step} in {self.directory} failed to restore "
-              f"({type(e).__name__}: {first_line}); trying the previous one")
+        self._with_retries(step, lambda: self.check_compatible(step, abstract_state, labels))
+        restored = self._with_retries(step, lambda: self.restore(step, abstract_state))
+      except CorruptCheckpointError as e:
+        self._log_error(f"step {step}", e.__cause__ or e)
+        _warn(f"checkpoint at step {step} is corrupt ({self._brief(e)}); trying the one "
+              f"before (details in {self.error_log})")
         bad.append(step)
         continue
       if bad:
-        self._set_aside(bad)
-        _warn(f"resumed from step {step} instead; unreadable checkpoint(s) "
-              f"{', '.join(map(str, bad))} moved to {self._corrupt_dir()}")
+        moved = self._set_aside(bad)
+        _warn(f"resumed from step {step}; corrupt checkpoint(s) moved to "
+              f"{', '.join(map(str, moved))}")
       return restored
     raise RuntimeError(f"none of the checkpoints {steps} in {self.directory} restores; "
-                       "see the warnings above (nothing was deleted)")
+                       f"see the warnings above and {self.error_log} (nothing was moved)")
 
-  def _corrupt_dir(self) -> pathlib.Path:
-    return self.directory.parent / "corrupt_checkpoints"
+  def _brief(self, e: BaseException) -> str:
+    """The error's first line, paths shown relative to the checkpoint directory."""
+    return str(e).split("\n")[0].replace(str(self.directory) + "/", "")[:200]
 
-  def _set_aside(self, steps: list[int]) -> None:
+  def _log_error(self, what: str, e: BaseException) -> None:
+    if jax.process_index() != 0:
+      return
+    try:
+      self.error_log.parent.mkdir(parents=True, exist_ok=True)
+      with open(self.error_log, "a", encoding="utf-8") as f:
+        f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {self.directory} {what}\n")
+        f.write("".join(traceback.format_exception(type(e), e, e.__traceback__)))
+    except OSError:
+      pass  # the log is a courtesy; the one-line report already went out
+
+  def _set_aside(self, steps: list[int]) -> list[pathlib.Path]:
     """Moves unreadable step directories out of the manager's view (process 0 renames)."""
+    moved = []
     if jax.process_index() == 0:
-      self._corrupt_dir().mkdir(exist_ok=True)
       for step in steps:
-        target = self._corrupt_dir() / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+        target = _set_aside_path(self.directory, str(step))
         shutil.move(str(self.directory / str(step)), str(target))
+        moved.append(target)
     multihost_utils.sync_global_devices("signflax_checkpoint_set_aside")
     self._manager.reload()
-
-  def wait(self) -> None:
-    """Blocks until pending async saves are committed."""
-    self._manager.wait_until_finished()
-
-  def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
-
-
-def abstract_like(state: Any) -> Any:
-  """ShapeDtypeStructs (with shardings) of a live state: the restore target for it."""
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                      state)
+    return moved
 
 
 def scalar_to_json(x) -> float:
   """A float32 device scalar as a JSON float (exact: every float32 is a float64)."""
   return float(np.asarray(jax.device_get(x), np.float32))
+

@@ -1,10 +1,17 @@
-"""When a run must stop early: a preemption notice (SIGTERM), or a non-finite loss.
+"""When a run must stop early: a signal (SIGTERM, SIGINT), or a non-finite loss.
 
-    stopper = PreemptionHandler(check_every=10)   # installs the SIGTERM handler
+    stopper = PreemptionHandler(check_every=10)   # at the very start of a run
+    ... build, compile, first eval: check stopper.should_stop(step, now=True) between them
     for step in ...:
       ...
       if stopper.should_stop(step):              # same answer on every process
-        save a checkpoint at ``step`` and exit 0
+        save a checkpoint at ``step``; exit with stopper.exit_code
+
+SIGTERM (a preemption notice) and SIGINT (Ctrl-C) both ask for a checkpoint at
+the current step; the run then exits 0 (SIGTERM) or 130 (SIGINT, the shell's
+code for Ctrl-C), without a traceback. A second SIGINT exits at once (130): the
+last committed checkpoint stays intact, since Orbax commits a save by renaming a
+complete temporary directory, and the next start removes the unfinished one.
 
 ``guard_nonfinite(train_step)`` makes a step that produced a NaN/Inf loss or
 parameters keep the previous parameters and optimizer state (and report
@@ -15,6 +22,7 @@ last good checkpoint.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from typing import Callable
@@ -25,6 +33,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 NAN_POLICIES = ("stop", "skip")
+EXIT_CODES = {signal.SIGTERM: 0, signal.SIGINT: 130}
 
 
 class NonFiniteError(RuntimeError):
@@ -32,35 +41,54 @@ class NonFiniteError(RuntimeError):
 
 
 class PreemptionHandler:
-  """Turns SIGTERM into a stop step all processes agree on.
+  """Turns SIGTERM/SIGINT into a stop step all processes agree on.
 
-  The handler only sets a flag. ``should_stop(step)`` is True once the flag is
-  set here, in a single-process run checked at every step. With several
-  processes the flags are all-gathered every ``check_every`` steps (one tiny
-  host collective), and JAX's own preemption sync point (the coordination
-  service's notice, e.g. a TPU maintenance event) is asked every step, so every
-  process stops at the same step. ``restore()`` puts the previous handler back.
+  The handler only sets a flag (and, for a second SIGINT, exits at once).
+  ``should_stop(step)`` is True once the flag is set here, in a single-process
+  run checked at every step. With several processes the flags are all-gathered
+  every ``check_every`` steps (one tiny host collective; ``now=True`` forces
+  one), and JAX's own preemption sync point (the coordination service's notice,
+  e.g. a TPU maintenance event) is asked every step, so every process stops at
+  the same step. ``restore()`` puts the previous handlers back.
   """
 
-  def __init__(self, *, check_every: int = 10, signals=(signal.SIGTERM,)):
+  def __init__(self, *, check_every: int = 10,
+               signals=(signal.SIGTERM, signal.SIGINT)):
     self.check_every = max(1, int(check_every))
     self.multi_process = jax.process_count() > 1
-    self.requested = False
+    self.received = None   # the first signal received, if any
     self._previous = {}
     for sig in signals:
       self._previous[sig] = signal.signal(sig, self._on_signal)
 
-  def _on_signal(self, signum, frame):  # noqa: ARG002 - signal handler signature
-    self.requested = True
-    print(f"signflax: {signal.Signals(signum).name} received; saving a checkpoint and "
-          "stopping", file=sys.stderr, flush=True)
+  @property
+  def requested(self) -> bool:
+    return self.received is not None
 
-  def should_stop(self, step: int) -> bool:
+  @property
+  def exit_code(self) -> int:
+    """0 after SIGTERM (or none), 130 after SIGINT."""
+    return EXIT_CODES.get(self.received, 0)
+
+  def _on_signal(self, signum, frame):  # noqa: ARG002 - signal handler signature
+    name = signal.Signals(signum).name
+    if self.received is not None and signum == signal.SIGINT:
+      print(f"signflax: second {name}; exiting now (the last committed checkpoint is kept)",
+            file=sys.stderr, flush=True)
+      os._exit(EXIT_CODES[signal.SIGINT])  # noqa: SLF001 - leave at once, no cleanup
+    if self.received is None:
+      self.received = signum
+      hint = " (Ctrl-C again to exit at once)" if signum == signal.SIGINT else ""
+      print(f"signflax: {name} received; saving a checkpoint and stopping{hint}",
+            file=sys.stderr, flush=True)
+
+  def should_stop(self, step: int, *, now: bool = False) -> bool:
+    """Whether to stop at ``step``; ``now`` makes processes agree even off the cadence."""
     if not self.multi_process:
       return self.requested
     if _reached_sync_point(step):
       return True
-    if step % self.check_every:
+    if step % self.check_every and not now:
       return False
     flags = multihost_utils.process_allgather(np.int32(self.requested))
     return bool(np.any(flags))

@@ -245,7 +245,7 @@ def _fail(message: str) -> int:
 
 def _checkpointer(config, workdir: pathlib.Path) -> checkpoint_lib.Checkpointer:
   c = config.checkpoint
-  return checkpoint_lib.Checkpointer(workdir / "checkpoints", every_steps=c.every_steps or 1,
+  return checkpoint_lib.Checkpointer(workdir / "checkpoints",
                                      keep=c.keep, keep_period=c.keep_period,
                                      async_save=c.async_save)
 
