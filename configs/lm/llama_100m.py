@@ -34,10 +34,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.train = ml_collections.ConfigDict(dict(
       steps=20_000, global_batch_size=256, seq_len=1024, grad_accum=4, noise_stats=True,
       loss_chunk_len=256, seed=0, log_every=50, eval_every=1000, eval_batches=20,
+      compilation_cache_dir=None,
   ))
   config.checkpoint = ml_collections.ConfigDict(dict(
       every_steps=1000, keep=3, keep_period=5000, async_save=True, nan_policy="stop",
-      preemption_check_every=10))
+      preemption_check_every=10, checksum=True, restore_tries=3, retry_delay_s=1.0))
   config.distributed = ml_collections.ConfigDict(dict(
       coordinator_address=None, num_processes=None, process_id=None, auto=True))
   return config

@@ -67,6 +67,7 @@ def get_config() -> ml_collections.ConfigDict:
       log_every=25,
       eval_every=100,
       eval_batches=8,         # 0 = the whole eval split
+      compilation_cache_dir=None,  # persistent XLA cache: None = WORKDIR/../.jax_cache, "" = off
   ))
 
   # Orbax checkpoints in workdir/checkpoints; a run in a workdir with checkpoints resumes.
@@ -78,6 +79,9 @@ def get_config() -> ml_collections.ConfigDict:
       nan_policy="stop",      # stop | skip: on a NaN/Inf loss stop (last good checkpoint kept)
                               # or skip the step's update and count it (skipped_steps)
       preemption_check_every=10,  # multi-process: steps between SIGTERM agreement checks
+      checksum=True,          # a checksum per array, verified on restore (a mismatch = corrupt)
+      restore_tries=3,        # attempts on a transient read error (I/O, memory) ...
+      retry_delay_s=1.0,      # ... waiting this long, doubled each time
   ))
 
   # Multi-process start-up (see signflax.parallel.maybe_initialize_distributed).

@@ -97,6 +97,8 @@ def _warn(message: str) -> None:
 
 
 def _first_line(e: BaseException, limit: int = 200) -> str:
+  """The first line of ``e``'s root cause (TensorStore's, naming the array and file)."""
+  e = list(_chain(e))[-1]
   return f"{type(e).__name__}: " + (str(e).strip().splitlines() or [""])[0][:limit]
 
 
@@ -194,17 +196,16 @@ def describe_difference(saved: dict[str, tuple], wanted: dict[str, tuple],
   if saved == wanted:
     return None
   params = {n[len("params."):] for n in (*saved, *wanted) if n.startswith("params.")}
-  opt = lambda t: {k: v for k, v in t.items() if k.startswith("opt_state")}
+  fields = [_state_fields(t, params) for t in (saved, wanted)]
   parts = []
-  if opt(saved) != opt(wanted):
-    def listed(t):
-      return ", ".join(_state_fields(t, params)) or "none"
-    parts.append(f"checkpoint has {labels[0]} state ({listed(saved)}); config asks for "
-                 f"{labels[1]} ({listed(wanted)})")
+  if fields[0] != fields[1] or labels[0] != labels[1]:
+    listed = [", ".join(f) or "none" for f in fields]
+    parts.append(f"checkpoint has {labels[0]} state ({listed[0]}); config asks for "
+                 f"{labels[1]} ({listed[1]})")
   rest = []
-  for name in sorted(set(saved) | set(wanted)):
-    if name.startswith("opt_state") and parts:
-      continue
+  for name in sorted(set(saved) | set(wanted), key=lambda n: (n.startswith("opt_state"), n)):
+    if name.startswith("opt_state") and (parts or rest):
+      continue  # named by its fields above, or mirrors the parameters listed
     if name not in wanted:
       rest.append(f"{name} is in the checkpoint but not in this model")
     elif name not in saved:
@@ -333,14 +334,43 @@ class _DropOrbaxErrors(logging.Filter):
     return "orbax" not in record.pathname
 
 
+def _from_orbax(obj) -> bool:
+  code = getattr(obj, "cr_code", None) or getattr(obj, "__code__", None)
+  return "orbax" in getattr(code, "co_filename", "")
+
+
+def _closed_loop_callback(exc_type, exc, tb) -> bool:
+  """A TensorStore read finishing after Orbax closed the event loop of a failed restore."""
+  return (exc_type is RuntimeError and str(exc) == "Event loop is closed"
+          and any(frame.name == "call_soon_threadsafe"
+                  for frame in traceback.extract_tb(tb)))
+
+
 def quiet_background_noise() -> None:
-  """Silences the chatter of Orbax's background threads when a save or restore fails
-  ("Task exception was never retrieved", their tracebacks on the absl logger): the
-  error is raised to the caller, reported in one line, and written to the error log."""
+  """Silences the chatter of Orbax's background work when a save or restore fails
+  ("Task exception was never retrieved", "Exception ignored in: <coroutine ...>",
+  "Event loop is closed" from reads still in flight, tracebacks on the absl logger):
+  the error itself is raised to the caller, reported in one line, and written to the
+  error log."""
   logging.getLogger("asyncio").setLevel(logging.CRITICAL)
   absl = logging.getLogger("absl")
   if not any(isinstance(f, _DropOrbaxErrors) for f in absl.filters):
     absl.addFilter(_DropOrbaxErrors())
+  if getattr(sys.unraisablehook, "_signflax", False):
+    return
+  previous_unraisable, previous_except = sys.unraisablehook, sys.excepthook
+
+  def unraisable_hook(unraisable):
+    if not (_from_orbax(unraisable.object) or _closed_loop_callback(
+        unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback)):
+      previous_unraisable(unraisable)
+
+  def except_hook(exc_type, exc, tb):
+    if not _closed_loop_callback(exc_type, exc, tb):
+      previous_except(exc_type, exc, tb)
+
+  unraisable_hook._signflax = True  # noqa: SLF001 - installed once
+  sys.unraisablehook, sys.excepthook = unraisable_hook, except_hook
 
 
 # ---------------------------------------------------------------------------- checkpointer
@@ -507,7 +537,7 @@ class Checkpointer:
         raise
       except Exception as e:  # noqa: BLE001 - classified here
         if not is_transient(e):
-          raise CorruptCheckpointError(_first_line(e)) from e
+          raise CorruptCheckpointError(_first_line(e, 300)) from e
         self._log_error(f"step {step}, attempt {attempt}", e)
         if attempt == self.restore_tries:
           raise TransientCheckpointError(
@@ -551,7 +581,7 @@ class Checkpointer:
 
   def _brief(self, e: BaseException) -> str:
     """The error's first line, paths shown relative to the checkpoint directory."""
-    return str(e).split("\n")[0].replace(str(self.directory) + "/", "")[:200]
+    return str(e).split("\n")[0].replace(str(self.directory) + "/", "")[:320]
 
   def _log_error(self, what: str, e: BaseException) -> None:
     if jax.process_index() != 0:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import signal
 import sys
 import time
 
@@ -31,6 +32,7 @@ from signflax.train import checkpoint as checkpoint_lib
 from signflax.train import metrics as metrics_lib
 from signflax.train import optimizer as optimizer_lib
 from signflax.train import preemption
+from signflax.train import recovery
 from signflax.train import step as step_lib
 
 GROUPS = ("model", "optimizer", "data", "mesh", "train", "checkpoint")
@@ -72,6 +74,15 @@ def validate(config) -> None:
     _positive("checkpoint", name, c[name], minimum=0)
   _positive("checkpoint", "keep", c.keep)
   _positive("checkpoint", "preemption_check_every", c.preemption_check_every)
+  _positive("checkpoint", "restore_tries", c.get("restore_tries", 3))
+  delay = c.get("retry_delay_s", 1.0)
+  if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not 0 <= delay < 3600:
+    raise ValueError(f"config.checkpoint.retry_delay_s: must be a number in [0, 3600), "
+                     f"got {delay!r}")
+  cache_dir = t.get("compilation_cache_dir")
+  if cache_dir is not None and not isinstance(cache_dir, str):
+    raise ValueError(f"config.train.compilation_cache_dir: must be a path, '' (off) or None "
+                     f"(WORKDIR/../.jax_cache), got {cache_dir!r}")
   if c.nan_policy not in preemption.NAN_POLICIES:
     raise ValueError(f"config.checkpoint.nan_policy: {c.nan_policy!r} is not one of "
                      f"{', '.join(preemption.NAN_POLICIES)}")
@@ -189,7 +200,7 @@ def _train_loop(config, state, train_step, train_iter, evaluate, writer, batch_s
                  mfu=(flops_per_token * tokens_per_s / (peak_flops * jax.device_count())
                       if peak_flops else None))
       if "nonfinite" in out:
-        out["skipped_steps"] = float(skipped)
+        out["skipped_steps"] = int(float(skipped))
       if (t.eval_every and step % t.eval_every == 0) or step == t.steps:
         out["eval_loss"] = evaluate(state.params)
       writer.write(step, out)
@@ -201,7 +212,7 @@ def _train_loop(config, state, train_step, train_iter, evaluate, writer, batch_s
       last_saved = step
     if preempted:
       writer.flush()
-      _log(f"preempted: checkpoint saved at step {step}; start the same command again to "
+      _log(f"stopped: checkpoint saved at step {step}; start the same command again to "
            "resume")
       break
   progress.close()
@@ -243,11 +254,13 @@ def _fail(message: str) -> int:
   return 2
 
 
-def _checkpointer(config, workdir: pathlib.Path) -> checkpoint_lib.Checkpointer:
+def _checkpointer(config, workdir: pathlib.Path, clean_leftovers: bool
+                  ) -> checkpoint_lib.Checkpointer:
   c = config.checkpoint
-  return checkpoint_lib.Checkpointer(workdir / "checkpoints",
-                                     keep=c.keep, keep_period=c.keep_period,
-                                     async_save=c.async_save)
+  return checkpoint_lib.Checkpointer(
+      workdir / "checkpoints", keep=c.keep, keep_period=c.keep_period, async_save=c.async_save,
+      checksum=c.get("checksum", True), restore_tries=c.get("restore_tries", 3),
+      retry_delay_s=c.get("retry_delay_s", 1.0), clean_leftovers=clean_leftovers)
 
 
 def _abstract_state(cfg, tx, shardings):
@@ -256,20 +269,63 @@ def _abstract_state(cfg, tx, shardings):
                       abstract, shardings)
 
 
-def run(config, workdir: str) -> int:
+def _resume_config_error(saved: dict | None, config, allow_change: bool
+                         ) -> tuple[str | None, recovery.ConfigChanges | None]:
+  """(error, changes) of resuming a checkpoint saved with ``saved`` under ``config``."""
+  if saved is None:
+    return None, None
+  changes = recovery.compare_configs(saved, json.loads(config.to_json_best_effort()))
+  if changes.unusable:
+    return (f"the checkpoints in this --workdir were saved with another model/optimizer ("
+            f"{changes.describe(changes.unusable)}); use a new --workdir or the saved "
+            "config.json"), changes
+  if changes.guarded and not allow_change:
+    return (f"resuming with {changes.describe(changes.guarded)} changes the run's randomness "
+            "mid-way; pass --allow-config-change to accept, or keep the saved value "
+            "(nothing was changed)"), changes
+  return None, changes
+
+
+class _Stopped(Exception):
+  """A signal arrived before the first step: leave without training."""
+
+
+def run(config, workdir: str, *, allow_config_change: bool = False) -> int:
   """Trains ``config`` and writes results to ``workdir``; returns the exit code.
 
   Resumes from ``workdir/checkpoints`` when it holds a checkpoint. Exit codes:
-  0 done or preempted (checkpoint saved), 1 non-finite loss, 2 bad workdir or
-  an incompatible/unreadable checkpoint (nothing in the workdir is changed).
+  0 done or stopped by SIGTERM (checkpoint saved), 130 stopped by SIGINT, 1
+  non-finite loss, failed save, or a checkpoint unreadable for now (transient),
+  2 bad workdir, or an incompatible checkpoint or config change (nothing in the
+  workdir is changed). A fresh run that fails or is stopped before its first
+  checkpoint leaves the workdir reusable (``recovery.StartGuard``).
   """
   workdir = pathlib.Path(workdir)
   error = _workdir_error(workdir, config)
   if error:
     return _fail(error)
+  # Signals first: a SIGTERM/SIGINT during start-up (compile, first eval) is honoured too.
+  stopper = preemption.PreemptionHandler(
+      check_every=config.checkpoint.preemption_check_every)
+  lock = None
+  try:
+    if jax.process_index() == 0 and workdir.is_dir():
+      lock = recovery.WorkdirLock.acquire(workdir)
+    return _run(config, workdir, stopper, lock, allow_config_change)
+  except recovery.WorkdirBusyError as e:
+    return _fail(str(e))
+  finally:
+    stopper.restore()
+    if lock is not None:
+      lock.release()
+
+
+def _run(config, workdir, stopper, lock, allow_config_change) -> int:
   parallel.maybe_initialize_distributed(config)
   t = config.train
   is_main = jax.process_index() == 0
+  recovery.enable_compilation_cache(
+      recovery.compilation_cache_dir(workdir, t.get("compilation_cache_dir")))
 
   tokenizer = data_lib.build_tokenizer(config.data)
   cfg = model_config(config, tokenizer.vocab_size)
@@ -279,14 +335,32 @@ def run(config, workdir: str) -> int:
   tx, schedule = optimizer_lib.make_optimizer(config.optimizer, t.steps, param_axes)
 
   batch_sharding = parallel.batch_sharding(mesh)
-  ckpt = _checkpointer(config, workdir)
+  ckpt = _checkpointer(config, workdir, clean_leftovers=lock is not None)
+  saved_config = recovery.read_saved_config(workdir) if ckpt.all_steps() else None
   with jax.set_mesh(mesh):
     start = time.monotonic()
     shardings = step_lib.state_shardings(cfg, tx, mesh, param_axes)
+    abstract = _abstract_state(cfg, tx, shardings)
+    labels = ((saved_config or {}).get("optimizer", {}).get("name", "saved"),
+              config.optimizer.name)
     try:
-      restored = ckpt.restore_latest(_abstract_state(cfg, tx, shardings))
+      if ckpt.all_steps():  # the saved tree names a changed optimizer best: check it first
+        try:
+          ckpt.check_compatible(ckpt.all_steps()[-1], abstract, labels)
+        except checkpoint_lib.IncompatibleCheckpointError:
+          raise
+        except Exception:  # noqa: BLE001 - unreadable: restore_latest classifies it
+          pass
+      error, changes = _resume_config_error(saved_config, config, allow_config_change)
+      if error:
+        return _fail(error)
+      restored = ckpt.restore_latest(abstract, labels)
     except (checkpoint_lib.IncompatibleCheckpointError, RuntimeError) as e:
+      if isinstance(e, checkpoint_lib.TransientCheckpointError):
+        print(f"signflax train: error: {e}", file=sys.stderr, flush=True)
+        return 1
       return _fail(str(e).replace("\n", " "))
+    guard = recovery.StartGuard(workdir) if restored is None else None
     if restored is None:
       state, _ = step_lib.create_sharded_state(cfg, tx, mesh, param_axes, t.seed)
     else:
@@ -297,68 +371,112 @@ def run(config, workdir: str) -> int:
         ckpt.close()
         return 0
 
-    if is_main:
-      workdir.mkdir(parents=True, exist_ok=True)
-      if restored is None or not (workdir / "config.json").exists():
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
-    writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
-    _log(f"model: {num_params / 1e6:.2f}M params, {cfg.num_layers} layers x {cfg.d_model} "
-         f"wide, vocab {cfg.vocab_size}, {cfg.dtype} compute | mesh {dict(mesh.shape)} on "
-         f"{jax.device_count()} x {jax.devices()[0].device_kind}")
-    if restored is not None:
-      _log(f"resumed from the checkpoint at step {restored.step} in {ckpt.directory}")
-    unigram = data_lib.unigram_entropy(config.data, split="eval")
-    _log(f"data: {tokenizer.name} tokens; eval split unigram entropy {unigram:.4f} nats/token "
-         "(a context-free model's best loss)")
-
-    train_iter = data_lib.make_iterator(config.data, split="train", seq_len=t.seq_len,
-                                        global_batch_size=t.global_batch_size, seed=t.seed,
-                                        process_index=jax.process_index(),
-                                        process_count=jax.process_count())
-    if restored is not None:
-      train_iter.set_state(restored.extra["data"])
-    abstract_batch = {k: jax.ShapeDtypeStruct((t.global_batch_size, t.seq_len), jnp.int32,
-                                              sharding=batch_sharding)
-                      for k in ("inputs", "targets")}
-    loss_chunk_len = t.get("loss_chunk_len", 0)
-    step_fn = step_lib.make_train_step(graphdef, tx, schedule, grad_accum=t.grad_accum,
-                                       noise_stats=t.noise_stats, loss_chunk_len=loss_chunk_len)
-    if config.checkpoint.nan_policy == "skip":
-      step_fn = preemption.guard_nonfinite(step_fn)
-    train_step = step_lib.jit_train_step(step_fn, mesh, shardings
-                                         ).lower(state, abstract_batch).compile()
-    compile_s = time.monotonic() - start
-    eval_step = step_lib.make_eval_step(graphdef, loss_chunk_len)
-    evaluate = Evaluator(config, step_lib.jit_eval_step(eval_step, mesh, shardings),
-                         batch_sharding)
-    eval_loss = evaluate(state.params)
-    record = {"eval_loss": eval_loss, "eval_unigram_entropy": unigram,
-              "num_params": num_params, "compile_time_s": compile_s}
-    if restored is not None:
-      record["resumed_from_step"] = restored.step
-      writer.resume(restored.step)
-    writer.write(int(state.step), record)
-    _log(f"compiled in {compile_s:.1f}s; step {int(state.step)} eval loss {eval_loss:.4f}")
-    train_start, first_step = time.monotonic(), int(state.step)
-    stopper = preemption.PreemptionHandler(
-        check_every=config.checkpoint.preemption_check_every)
+    writer, stopped_early = None, False
     try:
-      state, last, preempted = _train_loop(
-          config, state, train_step, train_iter, evaluate, writer, batch_sharding,
-          flops_per_token=model_lib.flops_per_token(cfg, t.seq_len),
-          peak_flops=metrics_lib.peak_flops_per_device(), ckpt=ckpt,
-          loop_state=restored.extra.get("loop", {}) if restored else {}, stopper=stopper)
-    except preemption.NonFiniteError as e:
-      ckpt.close()
-      writer.close()
+      if is_main:
+        workdir.mkdir(parents=True, exist_ok=True)
+        if lock is None:
+          lock = recovery.WorkdirLock.acquire(workdir)  # released when the process ends
+        if restored is None or not (workdir / recovery.CONFIG_FILE).exists():
+          recovery.write_config(workdir, config.to_json_best_effort(indent=2))
+        elif changes:
+          _log(f"signflax: warning: config changed since the checkpoint at step "
+               f"{restored.step}: {changes.describe(changes.guarded + changes.allowed)} "
+               f"(history in {workdir / recovery.HISTORY_FILE})")
+          recovery.append_history(workdir, restored.step, changes.guarded + changes.allowed)
+          recovery.write_config(workdir, config.to_json_best_effort(indent=2))
+      writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
+      writer.restart(int(state.step))
+      code = _train(config, workdir, state, restored, ckpt, writer, stopper, start=start,
+                    cfg=cfg, mesh=mesh, graphdef=graphdef, tx=tx, schedule=schedule,
+                    shardings=shardings, batch_sharding=batch_sharding,
+                    num_params=num_params, tokenizer=tokenizer)
+    except _Stopped:
+      code, stopped_early = stopper.exit_code, True
+      name = signal.Signals(stopper.received).name if stopper.received else "a signal"
+      _log(f"stopped by {name} before the first step; nothing to save (start the same "
+           "command again to run)")
+    except checkpoint_lib.CheckpointSaveError as e:
       print(f"signflax train: error: {e}", file=sys.stderr, flush=True)
-      return 1
-    finally:
-      stopper.restore()
+      code = 1
+    except BaseException:
+      if guard is not None and not ckpt.all_steps():
+        if writer is not None:
+          writer.close()
+        guard.undo()
+      raise
+    if writer is not None:
+      writer.close()
+    if (code != 0 or stopped_early) and guard is not None and not ckpt.all_steps():
+      note = guard.undo()
+      if note:
+        _log(f"signflax: {note} (no checkpoint was saved; the workdir is reusable)")
+    return code
+
+
+def _train(config, workdir, state, restored, ckpt, writer, stopper, *, start, cfg, mesh,
+           graphdef, tx, schedule, shardings, batch_sharding, num_params, tokenizer) -> int:
+  """Compiles, evaluates and runs the loop; returns the exit code."""
+  t = config.train
+  _log(f"model: {num_params / 1e6:.2f}M params, {cfg.num_layers} layers x {cfg.d_model} "
+       f"wide, vocab {cfg.vocab_size}, {cfg.dtype} compute | mesh {dict(mesh.shape)} on "
+       f"{jax.device_count()} x {jax.devices()[0].device_kind}")
+  if restored is not None:
+    _log(f"resumed from the checkpoint at step {restored.step} in {ckpt.directory}")
+  unigram = data_lib.unigram_entropy(config.data, split="eval")
+  _log(f"data: {tokenizer.name} tokens; eval split unigram entropy {unigram:.4f} nats/token "
+       "(a context-free model's best loss)")
+
+  train_iter = data_lib.make_iterator(config.data, split="train", seq_len=t.seq_len,
+                                      global_batch_size=t.global_batch_size, seed=t.seed,
+                                      process_index=jax.process_index(),
+                                      process_count=jax.process_count())
+  if restored is not None:
+    train_iter.set_state(restored.extra["data"])
+  abstract_batch = {k: jax.ShapeDtypeStruct((t.global_batch_size, t.seq_len), jnp.int32,
+                                            sharding=batch_sharding)
+                    for k in ("inputs", "targets")}
+  loss_chunk_len = t.get("loss_chunk_len", 0)
+  step_fn = step_lib.make_train_step(graphdef, tx, schedule, grad_accum=t.grad_accum,
+                                     noise_stats=t.noise_stats, loss_chunk_len=loss_chunk_len)
+  if config.checkpoint.nan_policy == "skip":
+    step_fn = preemption.guard_nonfinite(step_fn)
+  train_step = step_lib.jit_train_step(step_fn, mesh, shardings
+                                       ).lower(state, abstract_batch).compile()
+  compile_s = time.monotonic() - start
+  first_step = int(state.step)
+  _log(f"compiled in {compile_s:.1f}s")
+  if stopper.should_stop(first_step, now=True):
+    raise _Stopped()
+  eval_step = step_lib.make_eval_step(graphdef, loss_chunk_len)
+  evaluate = Evaluator(config, step_lib.jit_eval_step(eval_step, mesh, shardings),
+                       batch_sharding)
+  eval_loss = evaluate(state.params)
+  if stopper.should_stop(first_step, now=True):
+    raise _Stopped()
+  record = {"eval_loss": eval_loss, "eval_unigram_entropy": unigram,
+            "num_params": int(num_params), "compile_time_s": compile_s}
+  if restored is not None:
+    record["resumed_from_step"] = int(restored.step)
+  writer.write(first_step, record)
+  _log(f"step {first_step} eval loss {eval_loss:.4f}")
+  train_start = time.monotonic()
+  try:
+    state, last, preempted = _train_loop(
+        config, state, train_step, train_iter, evaluate, writer, batch_sharding,
+        flops_per_token=model_lib.flops_per_token(cfg, t.seq_len),
+        peak_flops=metrics_lib.peak_flops_per_device(), ckpt=ckpt,
+        loop_state=restored.extra.get("loop", {}) if restored else {}, stopper=stopper)
+  except preemption.NonFiniteError as e:
+    try:
+      ckpt.close()
+    except checkpoint_lib.CheckpointSaveError:
+      pass
+    print(f"signflax train: error: {e}", file=sys.stderr, flush=True)
+    return 1
   ckpt.close()
-  writer.close()
   if preempted:
-    return 0
+    return stopper.exit_code
   tokens_per_s = t.global_batch_size * t.seq_len * (t.steps - first_step) / (
       time.monotonic() - train_start)
   _log(f"done: {t.steps} steps in {time.monotonic() - start:.0f}s (compile {compile_s:.0f}s) | "
