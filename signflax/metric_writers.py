@@ -156,7 +156,7 @@ class MetricWriter:
     record = {"step": int(step), **{k: _json_value(v) for k, v in metrics.items()}}
     self._file().write(json.dumps(record) + "\n")
     self._jsonl.flush()
-    self._events.scalars(step, record_scalars(record))
+    self._events.scalars(step, metrics)   # NaN stays NaN here (TensorBoard shows it)
 
   def restart(self, step: int) -> None:
     """Marks a start at ``step`` (0 for a fresh run); call before the first ``write``.

@@ -55,7 +55,6 @@ class PreemptionHandler:
   def __init__(self, *, check_every: int = 10,
                signals=(signal.SIGTERM, signal.SIGINT)):
     self.check_every = max(1, int(check_every))
-    self.multi_process = jax.process_count() > 1
     self.received = None   # the first signal received, if any
     self._previous = {}
     for sig in signals:
@@ -84,7 +83,7 @@ class PreemptionHandler:
 
   def should_stop(self, step: int, *, now: bool = False) -> bool:
     """Whether to stop at ``step``; ``now`` makes processes agree even off the cadence."""
-    if not self.multi_process:
+    if jax.process_count() == 1:  # asked here: the handler is up before jax.distributed starts
       return self.requested
     if _reached_sync_point(step):
       return True

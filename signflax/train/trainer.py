@@ -307,23 +307,23 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> int:
   # Signals first: a SIGTERM/SIGINT during start-up (compile, first eval) is honoured too.
   stopper = preemption.PreemptionHandler(
       check_every=config.checkpoint.preemption_check_every)
-  lock = None
+  locks = []  # process 0 holds the workdir's lock for the whole run
   try:
-    if jax.process_index() == 0 and workdir.is_dir():
-      lock = recovery.WorkdirLock.acquire(workdir)
-    return _run(config, workdir, stopper, lock, allow_config_change)
+    return _run(config, workdir, stopper, locks, allow_config_change)
   except recovery.WorkdirBusyError as e:
     return _fail(str(e))
   finally:
     stopper.restore()
-    if lock is not None:
+    for lock in locks:
       lock.release()
 
 
-def _run(config, workdir, stopper, lock, allow_config_change) -> int:
+def _run(config, workdir, stopper, locks, allow_config_change) -> int:
   parallel.maybe_initialize_distributed(config)
   t = config.train
   is_main = jax.process_index() == 0
+  if is_main and workdir.is_dir():
+    locks.append(recovery.WorkdirLock.acquire(workdir))
   recovery.enable_compilation_cache(
       recovery.compilation_cache_dir(workdir, t.get("compilation_cache_dir")))
 
@@ -335,7 +335,8 @@ def _run(config, workdir, stopper, lock, allow_config_change) -> int:
   tx, schedule = optimizer_lib.make_optimizer(config.optimizer, t.steps, param_axes)
 
   batch_sharding = parallel.batch_sharding(mesh)
-  ckpt = _checkpointer(config, workdir, clean_leftovers=lock is not None)
+  # Safe: process 0 holds the lock, or the workdir is new (nothing left over to clean).
+  ckpt = _checkpointer(config, workdir, clean_leftovers=True)
   saved_config = recovery.read_saved_config(workdir) if ckpt.all_steps() else None
   with jax.set_mesh(mesh):
     start = time.monotonic()
@@ -375,8 +376,8 @@ def _run(config, workdir, stopper, lock, allow_config_change) -> int:
     try:
       if is_main:
         workdir.mkdir(parents=True, exist_ok=True)
-        if lock is None:
-          lock = recovery.WorkdirLock.acquire(workdir)  # released when the process ends
+        if not locks:
+          locks.append(recovery.WorkdirLock.acquire(workdir))
         if restored is None or not (workdir / recovery.CONFIG_FILE).exists():
           recovery.write_config(workdir, config.to_json_best_effort(indent=2))
         elif changes:
