@@ -56,9 +56,15 @@ class PreemptionHandler:
                signals=(signal.SIGTERM, signal.SIGINT)):
     self.check_every = max(1, int(check_every))
     self.received = None   # the first signal received, if any
-    self._previous = {}
-    for sig in signals:
-      self._previous[sig] = signal.signal(sig, self._on_signal)
+    self._signals, self._previous = tuple(signals), {}
+    self.install()
+
+  def install(self) -> None:
+    """(Re)installs the handlers, e.g. after ``jax.distributed.initialize`` put its own
+    SIGTERM notifier in place; ``restore()`` still returns to the very first ones."""
+    for sig in self._signals:
+      previous = signal.signal(sig, self._on_signal)
+      self._previous.setdefault(sig, previous)
 
   @property
   def requested(self) -> bool:

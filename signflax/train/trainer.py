@@ -320,6 +320,7 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> int:
 
 def _run(config, workdir, stopper, locks, allow_config_change) -> int:
   parallel.maybe_initialize_distributed(config)
+  stopper.install()  # jax.distributed may have replaced the SIGTERM handler
   t = config.train
   is_main = jax.process_index() == 0
   if is_main and workdir.is_dir():
