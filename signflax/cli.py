@@ -27,6 +27,7 @@ import importlib
 import importlib.util
 import pathlib
 import sys
+import traceback
 from typing import Any, Sequence
 
 import ml_collections
@@ -198,7 +199,7 @@ def parse_config_args(argv: Sequence[str], default_config: str | pathlib.Path
   return config, workdir
 
 
-def _fail(command: str, message: str) -> int:
+def _report_error(command: str, message: str) -> int:
   print(f"signflax {command}: error: {message}", file=sys.stderr)
   return 2
 
@@ -211,13 +212,25 @@ def run_config_command(command: str, argv: Sequence[str]) -> int:
       raise UsageError("--workdir: required (a directory for results, logs and checkpoints)")
     module = importlib.import_module(module_name)
     module.validate(config)
-  except ValueError as e:  # UsageError and every validate() failure
-    return _fail(command, str(e))
-  result = module.run(config, workdir)
-  return int(result or 0)
+  except (ValueError, TypeError) as e:  # UsageError and every validate() failure
+    return _report_error(command, _one_line(e))
+  return int(module.run(config, workdir) or 0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  """Runs one command; bad input is one line and exit 2, a bug a traceback and exit 1."""
+  try:
+    return _main(argv)
+  except KeyboardInterrupt:
+    return 130
+  except Exception:  # noqa: BLE001 - an error nobody expected: show it whole, ask for a report
+    traceback.print_exc()
+    print("signflax: internal error (the traceback above is a bug, not bad input); please "
+          "report it with the command line that caused it", file=sys.stderr, flush=True)
+    return 1
+
+
+def _main(argv: Sequence[str] | None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   commands = {**{k: v[2] for k, v in CONFIG_COMMANDS.items()},
               **{k: v[1] for k, v in PLAIN_COMMANDS.items()}}
@@ -238,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_config_command(command, rest)
   if command in PLAIN_COMMANDS:
     return int(importlib.import_module(PLAIN_COMMANDS[command][0]).main(rest) or 0)
-  return _fail(command, f"unknown command; allowed: {', '.join(commands)}")
+  return _report_error(command, f"unknown command; allowed: {', '.join(commands)}")
 
 
 if __name__ == "__main__":

@@ -62,6 +62,23 @@ def check_keyword_groups(opt_config) -> None:
                        f"{name!r}; allowed: {', '.join(allowed)}")
 
 
+def check_optimizer(opt_config, total_steps: int) -> None:
+  """Builds the schedule and the optimizer once with plain values, so the library checks
+  every hyperparameter; its error is re-raised naming the config field."""
+  runtime, static = runtime_hyperparams(opt_config, None)
+  try:
+    make_schedule(opt_config, total_steps)
+    optim.get_optimizer(opt_config.name, **runtime, **static)
+  except (ValueError, TypeError) as e:
+    argument, _, message = str(e).partition(": ")
+    group = opt_config.get(opt_config.name) or {}
+    field = (f"{opt_config.name}.{argument}" if argument in group else argument
+             if argument in opt_config else None)
+    if field is None:
+      raise ValueError(f"config.optimizer ({opt_config.name}): {e}") from e
+    raise ValueError(f"config.optimizer.{field}: {message}") from e
+
+
 def make_schedule(opt_config, total_steps: int, peak: float | None = None) -> optax.Schedule:
   """Warmup-stable-decay (default), warmup + cosine, or warmup + constant.
 
@@ -139,7 +156,7 @@ def runtime_hyperparams(opt_config, param_axes: Any) -> tuple[dict[str, float], 
 
 def make_optimizer(opt_config, total_steps: int, param_axes: Any
                    ) -> tuple[optax.GradientTransformation, Callable[[Any], jax.Array]]:
-  """Returns ``(tx, applied_learning_rate)``.
+  r"""Returns ``(tx, applied_learning_rate)``.
 
   ``tx``: optional global-norm clipping, then the optimizer, wrapped in
   ``optax.inject_hyperparams`` (see ``runtime_hyperparams``). Every rate (the

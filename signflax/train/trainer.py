@@ -18,7 +18,9 @@ import contextlib
 import dataclasses
 import json
 import pathlib
+import shutil
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -55,8 +57,9 @@ def validate(config) -> None:
                      f"{', '.join(schema.GROUPS)}")
   optimizer_lib.check_keyword_groups(config.optimizer)
   schema.SCHEMA.check(config)
-  parallel.maybe_initialize_distributed(config)
   t = config.train
+  optimizer_lib.check_optimizer(config.optimizer, t.steps)
+  parallel.maybe_initialize_distributed(config)
   data_lib.validate(config.data, seq_len=t.seq_len, global_batch_size=t.global_batch_size,
                     process_count=jax.process_count())
   vocab = data_lib.build_tokenizer(config.data).vocab_size
@@ -213,14 +216,42 @@ def _same_job(workdir: pathlib.Path, config) -> bool:
   return old == new
 
 
+def _unwritable(workdir: pathlib.Path) -> str | None:
+  """Why ``workdir`` cannot be created or written (None if it can); writes nothing lasting."""
+  if workdir.exists() and not workdir.is_dir():
+    return f"--workdir: {workdir} exists and is not a directory"
+  existing = workdir
+  while not existing.exists():  # the nearest ancestor that exists: mkdir -p starts there
+    existing = existing.parent
+  if not existing.is_dir():
+    return f"--workdir: {workdir} cannot be created: {existing} is a file, not a directory"
+  try:  # probe: permissions alone miss read-only mounts and ACLs
+    with tempfile.TemporaryFile(dir=existing):
+      pass
+  except OSError as e:
+    return f"--workdir: {existing} is not writable ({e.strerror or e})"
+  return None
+
+
+def _warn_if_disk_short(workdir: pathlib.Path, checkpoint_bytes: int) -> None:
+  existing = workdir
+  while not existing.exists():
+    existing = existing.parent
+  free = shutil.disk_usage(existing).free
+  if free < checkpoint_bytes:
+    _log(f"signflax train: warning: {free / 2**20:.0f} MiB free under {existing}, less than "
+         f"one checkpoint of this model (~{checkpoint_bytes / 2**20:.0f} MiB)")
+
+
 def _workdir_error(workdir: pathlib.Path, config) -> str | None:
   """Why ``workdir`` cannot hold this run (None if it can); checked before any device work.
 
   A workdir with logs but no checkpoint is accepted only for the same config (a
   run stopped before its first checkpoint starts over; its records are appended).
   """
-  if workdir.exists() and not workdir.is_dir():
-    return f"--workdir: {workdir} exists and is not a directory"
+  error = _unwritable(workdir)
+  if error:
+    return error
   ckpt_dir = workdir / "checkpoints"
   has_checkpoints = ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir())
   if ((workdir / "metrics.jsonl").exists() and not has_checkpoints
@@ -262,6 +293,8 @@ def run(config, workdir: str) -> int:
   tokenizer = data_lib.build_tokenizer(config.data)
   start = time.monotonic()
   run_ = setup_lib.setup(config, vocab_size=tokenizer.vocab_size)
+  _warn_if_disk_short(workdir, sum(x.size * x.dtype.itemsize
+                                   for x in jax.tree.leaves(run_.abstract_state)))
 
   with contextlib.ExitStack() as stack, jax.set_mesh(run_.mesh):
     ckpt = _checkpointer(config, workdir)
