@@ -27,31 +27,14 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def _config(name: str):
+def _run(name: str):
+  """``setup`` of configs/lm/<name> on one device (the benchmark's own process)."""
   from signflax.cli import load_config_file  # noqa: PLC0415
-  return load_config_file(ROOT / "configs" / "lm" / f"{name}.py")
-
-
-def _state(name: str):
-  """The config's sharded train state on one device, and its abstract twin."""
-  import jax  # noqa: PLC0415
-  from signflax import model as model_lib  # noqa: PLC0415
-  from signflax import parallel  # noqa: PLC0415
-  from signflax.train import optimizer as optimizer_lib  # noqa: PLC0415
-  from signflax.train import step as step_lib  # noqa: PLC0415
-  from signflax.train import trainer  # noqa: PLC0415
-  config = _config(name)
+  from signflax.train import setup as setup_lib  # noqa: PLC0415
+  config = load_config_file(f"lm/{name}")
   with config.unlocked():
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, 1, 1
-  cfg = trainer.model_config(config, config.model.vocab_size or 258)
-  mesh = parallel.make_mesh(config.mesh)
-  _, _, param_axes = model_lib.abstract_model(cfg)
-  tx, _ = optimizer_lib.make_optimizer(config.optimizer, config.train.steps, param_axes)
-  with jax.set_mesh(mesh):
-    state, _ = step_lib.create_sharded_state(cfg, tx, mesh, param_axes, 0)
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                          state)
-  return state, abstract
+  return setup_lib.setup(config, vocab_size=config.model.vocab_size or 258)
 
 
 def checksum_rows(names, repeats: int) -> list[dict]:
@@ -59,7 +42,8 @@ def checksum_rows(names, repeats: int) -> list[dict]:
   from signflax.train import checkpoint as checkpoint_lib  # noqa: PLC0415
   rows = []
   for name in names:
-    state, abstract = _state(name)
+    run = _run(name)
+    state, abstract = run.init_state(), run.abstract_state
     nbytes = checkpoint_lib.tree_nbytes(state)
     checkpoint_lib.checksums(state)                          # compile the checksum once
     t0 = time.perf_counter()
@@ -94,35 +78,12 @@ def checksum_rows(names, repeats: int) -> list[dict]:
 def _compile_child(name: str, cache: str) -> None:
   """Compiles the config's train step once (in this fresh process) and prints seconds."""
   import jax  # noqa: PLC0415
-  import jax.numpy as jnp  # noqa: PLC0415
-  from signflax import model as model_lib  # noqa: PLC0415
-  from signflax import parallel  # noqa: PLC0415
-  from signflax.train import optimizer as optimizer_lib  # noqa: PLC0415
   from signflax.train import recovery  # noqa: PLC0415
-  from signflax.train import step as step_lib  # noqa: PLC0415
-  from signflax.train import trainer  # noqa: PLC0415
   recovery.enable_compilation_cache(cache or None)
-  config = _config(name)
-  with config.unlocked():
-    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, 1, 1
-  t = config.train
-  cfg = trainer.model_config(config, config.model.vocab_size or 258)
-  mesh = parallel.make_mesh(config.mesh)
-  graphdef, _, param_axes = model_lib.abstract_model(cfg)
-  tx, schedule = optimizer_lib.make_optimizer(config.optimizer, t.steps, param_axes)
-  with jax.set_mesh(mesh):
-    shardings = step_lib.state_shardings(cfg, tx, mesh, param_axes)
-    abstract = trainer._abstract_state(cfg, tx, shardings)  # noqa: SLF001
-    batch = {k: jax.ShapeDtypeStruct((t.global_batch_size // t.grad_accum * t.grad_accum,
-                                      t.seq_len), jnp.int32,
-                                     sharding=parallel.batch_sharding(mesh))
-             for k in ("inputs", "targets")}
-    step = step_lib.jit_train_step(
-        step_lib.make_train_step(graphdef, tx, schedule, grad_accum=t.grad_accum,
-                                 noise_stats=t.noise_stats,
-                                 loss_chunk_len=t.get("loss_chunk_len", 0)), mesh, shardings)
+  run = _run(name)
+  with jax.set_mesh(run.mesh):
     t0 = time.perf_counter()
-    step.lower(abstract, batch).compile()
+    run.train_step.lower(run.abstract_state, run.abstract_batch()).compile()
     print(json.dumps({"compile_s": time.perf_counter() - t0}))
 
 
@@ -144,7 +105,7 @@ def compile_rows(names) -> list[dict]:
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--configs", default="tiny,llama_100m",
-                      help="configs/lm/<name>.py states to checksum ('' = none)")
+                      help="packaged lm/<name> configs whose states to checksum ('' = none)")
   parser.add_argument("--compile", default="", help="configs to time compiling, e.g. tiny,gpt2_124m")
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" /

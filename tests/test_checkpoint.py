@@ -259,7 +259,7 @@ def test_bad_workdir_exit_2(reference, tmp_path, capsys):
   stopped_early.mkdir()
   for name in ("config.json", "metrics.jsonl"):
     shutil.copy(ref_dir / name, stopped_early / name)
-  config, _ = cli.parse_config_args(_argv(stopped_early)[3:], REPO / "configs/lm/tiny.py")
+  config, _ = cli.parse_config_args(_argv(stopped_early)[3:], REPO / "signflax/configs/lm/tiny.py")
   assert trainer._workdir_error(stopped_early, config) is None
   assert cli.main(_argv(stopped_early, **{"train.steps": 60})) == 2
   assert "another config and no checkpoint" in capsys.readouterr().err
@@ -350,16 +350,16 @@ def test_start_over_after_a_kill_before_the_first_checkpoint_logs_each_step_once
 
 
 def test_failed_start_leaves_the_workdir_reusable(tmp_path, monkeypatch, capsys):
-  """Compilation fails (say, out of memory) before the first checkpoint: the workdir is
-  left as found, so the corrected command runs there."""
+  """The run fails (say, out of memory) after writing its config and logs, before the
+  first checkpoint: the workdir is left as found, so the corrected command runs there."""
   workdir = tmp_path / "run"
 
   def out_of_memory(*args, **kwargs):
     raise MemoryError("RESOURCE_EXHAUSTED: out of memory while compiling")
 
-  monkeypatch.setattr(trainer.step_lib, "jit_train_step", out_of_memory)
-  with pytest.raises(MemoryError):
-    cli.main(_argv(workdir, **{"train.steps": 5}))
+  monkeypatch.setattr(trainer.data_lib, "unigram_entropy", out_of_memory)  # after the writes
+  assert cli.main(_argv(workdir, **{"train.steps": 5})) == 1   # a bug's exit: traceback
+  assert "RESOURCE_EXHAUSTED" in capsys.readouterr().err
   assert not workdir.exists()
   monkeypatch.undo()
   assert cli.main(_argv(workdir, **{"train.steps": 5})) == 0

@@ -1,25 +1,31 @@
 """``signflax train``: validate a config, then train, evaluate and log.
 
-    signflax train --config configs/lm/tiny.py --workdir runs/tiny --config.optimizer.name=signum
+    signflax train --config lm/tiny --workdir runs/tiny --config.optimizer.name=signum
 
 Config groups: ``model`` (``signflax.model.TransformerConfig`` fields),
 ``optimizer``, ``data`` (``signflax.data.default_data_config()``), ``mesh``
 (data/fsdp/tensor sizes, -1 = the rest), ``train``, ``checkpoint`` and
-``distributed``; see ``configs/lm/tiny.py`` for every field. ``workdir``
+``distributed``; see ``signflax/configs/lm/tiny.py`` for every field. ``workdir``
 receives ``config.json``, ``metrics.jsonl``, TensorBoard events under ``tb/``
 and Orbax checkpoints under ``checkpoints/``. A run started in a workdir that
 holds checkpoints resumes from the latest readable one (see
-``signflax.train.checkpoint``); SIGTERM saves a checkpoint and exits 0.
+``signflax.train.checkpoint``), after checking the config against the saved one
+(``signflax.train.recovery``). SIGTERM saves a checkpoint and exits 0; SIGINT
+(Ctrl-C) saves and exits 130.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import pathlib
+import shutil
 import signal
 import sys
+import tempfile
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -33,69 +39,35 @@ from signflax.train import metrics as metrics_lib
 from signflax.train import optimizer as optimizer_lib
 from signflax.train import preemption
 from signflax.train import recovery
-from signflax.train import step as step_lib
-
-GROUPS = ("model", "optimizer", "data", "mesh", "train", "checkpoint")
-
+from signflax.train import schema
+from signflax.train import setup as setup_lib
 
 def _log(message: str) -> None:
+  """Progress notes on stderr, from process 0 only."""
   if jax.process_index() == 0:
     print(message, file=sys.stderr, flush=True)
 
 
-def _positive(group, name: str, value, minimum: int = 1) -> None:
-  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-    raise ValueError(f"config.{group}.{name}: must be an integer >= {minimum}, got {value!r}")
-
-
-def model_config(config, vocab_size: int | None = None) -> model_lib.TransformerConfig:
-  """``config.model`` as a TransformerConfig; vocab_size None = the tokenizer's, padded to 128."""
-  cfg = model_lib.TransformerConfig.from_config(config.model)
-  if config.model.get("vocab_size") is None:
-    vocab_size = vocab_size or data_lib.build_tokenizer(config.data).vocab_size
-    cfg = dataclasses.replace(cfg, vocab_size=-(-vocab_size // 128) * 128)
-  return cfg
-
-
 def validate(config) -> None:
-  """Cheap checks before any compilation; raises a one-line ValueError naming the field."""
-  missing = [g for g in GROUPS if g not in config]
+  """Every check before compilation; raises a one-line ValueError naming the field.
+
+  Starts ``jax.distributed`` first (multi-process runs), so the checks see the
+  whole job's devices and processes: types and ranges from ``schema.SCHEMA``,
+  then what needs the tokenizer, the data files and the device count.
+  """
+  missing = [g for g in schema.GROUPS if g not in config]
   if missing:
     raise ValueError(f"config: missing group(s) {', '.join(missing)}; a train config has "
-                     f"{', '.join(GROUPS)}")
-  t, opt = config.train, config.optimizer
-  for name in ("steps", "global_batch_size", "seq_len", "grad_accum", "log_every"):
-    _positive("train", name, t[name])
-  for name in ("eval_every", "eval_batches", "seed"):
-    _positive("train", name, t[name], minimum=0)
-
-  c = config.checkpoint
-  for name in ("every_steps", "keep_period"):
-    _positive("checkpoint", name, c[name], minimum=0)
-  _positive("checkpoint", "keep", c.keep)
-  _positive("checkpoint", "preemption_check_every", c.preemption_check_every)
-  _positive("checkpoint", "restore_tries", c.get("restore_tries", 3))
-  delay = c.get("retry_delay_s", 1.0)
-  if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not 0 <= delay < 3600:
-    raise ValueError(f"config.checkpoint.retry_delay_s: must be a number in [0, 3600), "
-                     f"got {delay!r}")
-  cache_dir = t.get("compilation_cache_dir")
-  if cache_dir is not None and not isinstance(cache_dir, str):
-    raise ValueError(f"config.train.compilation_cache_dir: must be a path, '' (off) or None "
-                     f"(WORKDIR/../.jax_cache), got {cache_dir!r}")
-  if c.nan_policy not in preemption.NAN_POLICIES:
-    raise ValueError(f"config.checkpoint.nan_policy: {c.nan_policy!r} is not one of "
-                     f"{', '.join(preemption.NAN_POLICIES)}")
-
-  optimizer_lib.validate(opt)
-  if opt.warmup_steps >= t.steps and opt.warmup_steps:
-    raise ValueError(f"config.optimizer.warmup_steps: {opt.warmup_steps} must be < "
-                     f"config.train.steps={t.steps}")
-
+                     f"{', '.join(schema.GROUPS)}")
+  optimizer_lib.check_keyword_groups(config.optimizer)
+  schema.SCHEMA.check(config)
+  t = config.train
+  optimizer_lib.check_optimizer(config.optimizer, t.steps)
+  parallel.maybe_initialize_distributed(config)
   data_lib.validate(config.data, seq_len=t.seq_len, global_batch_size=t.global_batch_size,
-                    process_count=1 if parallel.is_multi_process(config) else jax.process_count())
+                    process_count=jax.process_count())
   vocab = data_lib.build_tokenizer(config.data).vocab_size
-  cfg = model_config(config, vocab)
+  cfg = setup_lib.transformer_config(config, vocab)
   cfg.check()
   if cfg.vocab_size < vocab:
     raise ValueError(f"config.model.vocab_size: {cfg.vocab_size} is smaller than the "
@@ -103,24 +75,20 @@ def validate(config) -> None:
   if t.seq_len > cfg.max_seq_len:
     raise ValueError(f"config.train.seq_len: {t.seq_len} is longer than the model's context "
                      f"config.model.max_seq_len={cfg.max_seq_len}")
-
-  chunk = t.get("loss_chunk_len", 0)
-  _positive("train", "loss_chunk_len", chunk, minimum=0)
-  if chunk and t.seq_len % chunk:
-    raise ValueError(f"config.train.loss_chunk_len: {chunk!r} must be 0 (whole logits) or a "
-                     f"positive divisor of config.train.seq_len={t.seq_len}")
-  if t.global_batch_size % t.grad_accum:
-    raise ValueError(f"config.train.global_batch_size: {t.global_batch_size} is not divisible "
-                     f"by config.train.grad_accum={t.grad_accum}")
-  if not parallel.is_multi_process(config):  # device count is only known after start-up
-    shape = dict(zip(parallel.MESH_AXES,
-                     parallel.resolve_mesh_shape(config.mesh, jax.device_count())))
-    batch_shards = shape["data"] * shape["fsdp"]
-    micro = t.global_batch_size // t.grad_accum
-    if micro % batch_shards:
-      raise ValueError(f"config.train.global_batch_size: {t.global_batch_size} (microbatch "
-                       f"{micro} with grad_accum={t.grad_accum}) is not divisible by the "
-                       f"data-parallel size data*fsdp={batch_shards} of mesh {shape}")
+  shape = dict(zip(parallel.MESH_AXES,
+                   parallel.resolve_mesh_shape(config.mesh, jax.device_count())))
+  batch_shards = shape["data"] * shape["fsdp"]
+  if batch_shards % jax.process_count():
+    # Each process feeds its own rows of the batch: the batch axes must span the processes.
+    raise ValueError(f"config.mesh: the batch axes data*fsdp={batch_shards} of mesh {shape} do "
+                     f"not span the {jax.process_count()} processes ("
+                     f"{jax.local_device_count()} device(s) each); make data*fsdp a multiple "
+                     f"of {jax.process_count()}")
+  micro = t.global_batch_size // t.grad_accum
+  if micro % batch_shards:
+    raise ValueError(f"config.train.global_batch_size: {t.global_batch_size} (microbatch "
+                     f"{micro} with grad_accum={t.grad_accum}) is not divisible by the "
+                     f"data-parallel size data*fsdp={batch_shards} of mesh {shape}")
 
 
 def _global_batch(local: dict, sharding) -> dict:
@@ -132,21 +100,23 @@ def _global_batch(local: dict, sharding) -> dict:
 class Evaluator:
   """Mean eval loss over the first ``eval_batches`` global batches of the eval split.
 
-  A fresh iterator each time: every evaluation sees the same tokens.
+  The eval windows are listed once; each call starts a fresh pass over them, so
+  every evaluation sees the same tokens.
   """
 
-  def __init__(self, config, eval_step, sharding):
-    self.config, self.eval_step, self.sharding = config, eval_step, sharding
+  def __init__(self, run: setup_lib.Run):
+    self.run = run
+    t = run.config.train
+    self._iterator_args = dict(split="eval", seq_len=t.seq_len,
+                               global_batch_size=t.global_batch_size, seed=t.seed,
+                               process_index=jax.process_index(),
+                               process_count=jax.process_count())
+    self._num_batches = t.eval_batches or sys.maxsize
 
   def __call__(self, params) -> float:
-    t = self.config.train
-    it = data_lib.make_iterator(self.config.data, split="eval", seq_len=t.seq_len,
-                                global_batch_size=t.global_batch_size, seed=t.seed,
-                                process_index=jax.process_index(),
-                                process_count=jax.process_count())
-    losses = []
-    for _, batch in zip(range(t.eval_batches or sys.maxsize), it):
-      losses.append(self.eval_step(params, _global_batch(batch, self.sharding)))
+    it = data_lib.make_iterator(self.run.config.data, **self._iterator_args)
+    losses = [self.run.eval_step(params, _global_batch(batch, self.run.batch_sharding))
+              for _, batch in zip(range(self._num_batches), it)]
     return float(np.mean(jax.device_get(losses)))
 
 
@@ -158,37 +128,55 @@ def _loop_extra(train_iter, loss_sum, interval_start: int, skipped) -> dict:
                    "skipped_steps": checkpoint_lib.scalar_to_json(skipped)}}
 
 
-def _train_loop(config, state, train_step, train_iter, evaluate, writer, batch_sharding, *,
-                flops_per_token: float, peak_flops: float | None, ckpt, loop_state: dict,
-                stopper):
+@dataclasses.dataclass
+class _Loop:
+  """What the loop reads besides the state: built once by ``run``."""
+  run: setup_lib.Run
+  train_step: Any      # compiled
+  train_iter: Any
+  evaluate: Evaluator
+  writer: metrics_lib.MetricWriter
+  ckpt: checkpoint_lib.Checkpointer
+  stopper: preemption.PreemptionHandler
+
+
+def _train_loop(loop: _Loop, state, resumed: dict):
   """Steps from ``state.step`` to ``config.train.steps``; logs every ``log_every`` steps.
 
   Logged train_loss is the mean over the interval; the other train metrics are
   the interval's last step. Saves every ``checkpoint.every_steps``, at the last
   step, and at the step a preemption notice is agreed on (then returns early).
+  ``resumed`` is the checkpoint's open logging interval ({} for a fresh run).
   Returns ``(state, last logged metrics, preempted)``.
   """
+  config, run = loop.run.config, loop.run
   t, c = config.train, config.checkpoint
   tokens_per_step = t.global_batch_size * t.seq_len
+  flops_per_token = model_lib.flops_per_token(run.model, t.seq_len)
+  peak_flops = metrics_lib.peak_flops_per_device()
   progress = metrics_lib.ProgressBar(t.steps, enabled=jax.process_index() == 0)
   first = int(state.step) + 1
-  last_step = loop_state.get("interval_start", first - 1)
-  loss_sum = jnp.float32(loop_state.get("loss_sum", 0.0))
-  skipped = jnp.float32(loop_state.get("skipped_steps", 0.0))
+  # A resumed run continues the interval the checkpoint cut, so its logged mean is unchanged.
+  last_step = resumed.get("interval_start", first - 1)
+  loss_sum = jnp.float32(resumed.get("loss_sum", 0.0))
+  skipped = jnp.float32(resumed.get("skipped_steps", 0.0))
   last_time, timed_from, out, preempted = time.monotonic(), first - 1, {}, False
-  last_saved = ckpt.all_steps()[-1] if ckpt.all_steps() else None
+  last_saved = loop.ckpt.all_steps()[-1] if loop.ckpt.all_steps() else None
   for step in range(first, t.steps + 1):
-    state, step_metrics = train_step(state, _global_batch(next(train_iter), batch_sharding))
-    loss_sum = loss_sum + step_metrics["loss"]  # stays on device: no sync per step
+    state, step_metrics = loop.train_step(
+        state, _global_batch(next(loop.train_iter), run.batch_sharding))
+    # Sums stay on device: reading a value each step would wait for the step to finish.
+    loss_sum = loss_sum + step_metrics["loss"]
     if "nonfinite" in step_metrics:
       skipped = skipped + step_metrics["nonfinite"]
-    preempted = stopper.should_stop(step)
+    preempted = loop.stopper.should_stop(step)
     save = preempted or step == t.steps or (c.every_steps and step % c.every_steps == 0)
     log = step % t.log_every == 0 or step == t.steps
     if not (save or log):
       continue
+    # The one host sync of a logged or saved step.
     host = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-    if c.nan_policy == "stop":
+    if c.nan_policy == "stop":  # before saving: a NaN state is never checkpointed
       preemption.check_finite(step, host, last_saved)
     if log:
       out = host
@@ -202,16 +190,17 @@ def _train_loop(config, state, train_step, train_iter, evaluate, writer, batch_s
       if "nonfinite" in out:
         out["skipped_steps"] = int(float(skipped))
       if (t.eval_every and step % t.eval_every == 0) or step == t.steps:
-        out["eval_loss"] = evaluate(state.params)
-      writer.write(step, out)
+        out["eval_loss"] = loop.evaluate(state.params)
+      loop.writer.write(step, out)
       progress.update(step, out["train_loss"], tokens_per_s)
       loss_sum, last_step = jnp.zeros((), jnp.float32), step
+      # Evaluation and logging are not part of the next interval's step time.
       last_time, timed_from = time.monotonic(), step
     if save:
-      ckpt.save(step, state, _loop_extra(train_iter, loss_sum, last_step, skipped))
+      loop.ckpt.save(step, state, _loop_extra(loop.train_iter, loss_sum, last_step, skipped))
       last_saved = step
     if preempted:
-      writer.flush()
+      loop.writer.flush()
       _log(f"stopped: checkpoint saved at step {step}; start the same command again to "
            "resume")
       break
@@ -231,14 +220,42 @@ def _same_job(workdir: pathlib.Path, config) -> bool:
   return old == new
 
 
+def _unwritable(workdir: pathlib.Path) -> str | None:
+  """Why ``workdir`` cannot be created or written (None if it can); writes nothing lasting."""
+  if workdir.exists() and not workdir.is_dir():
+    return f"--workdir: {workdir} exists and is not a directory"
+  existing = workdir
+  while not existing.exists():  # the nearest ancestor that exists: mkdir -p starts there
+    existing = existing.parent
+  if not existing.is_dir():
+    return f"--workdir: {workdir} cannot be created: {existing} is a file, not a directory"
+  try:  # probe: permissions alone miss read-only mounts and ACLs
+    with tempfile.TemporaryFile(dir=existing):
+      pass
+  except OSError as e:
+    return f"--workdir: {existing} is not writable ({e.strerror or e})"
+  return None
+
+
+def _warn_if_disk_short(workdir: pathlib.Path, checkpoint_bytes: int) -> None:
+  existing = workdir
+  while not existing.exists():
+    existing = existing.parent
+  free = shutil.disk_usage(existing).free
+  if free < checkpoint_bytes:
+    _log(f"signflax train: warning: {free / 2**20:.0f} MiB free under {existing}, less than "
+         f"one checkpoint of this model (~{checkpoint_bytes / 2**20:.0f} MiB)")
+
+
 def _workdir_error(workdir: pathlib.Path, config) -> str | None:
   """Why ``workdir`` cannot hold this run (None if it can); checked before any device work.
 
   A workdir with logs but no checkpoint is accepted only for the same config (a
   run stopped before its first checkpoint starts over; its records are appended).
   """
-  if workdir.exists() and not workdir.is_dir():
-    return f"--workdir: {workdir} exists and is not a directory"
+  error = _unwritable(workdir)
+  if error:
+    return error
   ckpt_dir = workdir / "checkpoints"
   has_checkpoints = ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir())
   if ((workdir / "metrics.jsonl").exists() and not has_checkpoints
@@ -249,29 +266,24 @@ def _workdir_error(workdir: pathlib.Path, config) -> str | None:
   return None
 
 
-def _fail(message: str) -> int:
+def _error(message: str) -> int:
+  """Reports a run that cannot go on as one line; returns exit code 2."""
   print(f"signflax train: error: {message}", file=sys.stderr, flush=True)
   return 2
 
 
-def _checkpointer(config, workdir: pathlib.Path, clean_leftovers: bool
-                  ) -> checkpoint_lib.Checkpointer:
+def _checkpointer(config, workdir: pathlib.Path) -> checkpoint_lib.Checkpointer:
   c = config.checkpoint
+  # Leftovers are cleaned: process 0 holds the workdir lock, or the workdir is new.
   return checkpoint_lib.Checkpointer(
       workdir / "checkpoints", keep=c.keep, keep_period=c.keep_period, async_save=c.async_save,
-      checksum=c.get("checksum", True), restore_tries=c.get("restore_tries", 3),
-      retry_delay_s=c.get("retry_delay_s", 1.0), clean_leftovers=clean_leftovers)
-
-
-def _abstract_state(cfg, tx, shardings):
-  abstract = jax.eval_shape(lambda: step_lib.init_state(cfg, tx, jax.random.key(0)))
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                      abstract, shardings)
+      checksum=c.checksum, restore_tries=c.restore_tries, retry_delay_s=c.retry_delay_s,
+      clean_leftovers=True)
 
 
 def _resume_config_error(saved: dict | None, config, allow_change: bool
                          ) -> tuple[str | None, recovery.ConfigChanges | None]:
-  """(error, changes) of resuming a checkpoint saved with ``saved`` under ``config``."""
+  """(error, changes) of resuming checkpoints saved with config ``saved`` under ``config``."""
   if saved is None:
     return None, None
   changes = recovery.compare_configs(saved, json.loads(config.to_json_best_effort()))
@@ -286,6 +298,52 @@ def _resume_config_error(saved: dict | None, config, allow_change: bool
   return None, changes
 
 
+def _restore(run_: setup_lib.Run, ckpt, workdir, allow_change: bool):
+  """(restored or None, config changes or None); raises ValueError (exit 2) for a
+  checkpoint or config change this run cannot take."""
+  config = run_.config
+  saved = recovery.read_saved_config(workdir) if ckpt.all_steps() else None
+  labels = ((saved or {}).get("optimizer", {}).get("name", "saved"), config.optimizer.name)
+  if ckpt.all_steps():  # the saved tree names a changed optimizer best: check it first
+    try:
+      ckpt.check_compatible(ckpt.all_steps()[-1], run_.abstract_state, labels)
+    except checkpoint_lib.IncompatibleCheckpointError:
+      raise
+    except Exception:  # noqa: BLE001 - unreadable: restore_latest classifies it
+      pass
+  error, changes = _resume_config_error(saved, config, allow_change)
+  if error:
+    raise ValueError(error)
+  return ckpt.restore_latest(run_.abstract_state, labels), changes
+
+
+def _with_config_hyperparams(state, config, param_axes):
+  """The restored state with the config's runtime hyperparameters (a resume may change
+  the learning rate: the checkpoint holds the old one)."""
+  hyperparams = getattr(state.opt_state, "hyperparams", None)
+  if not hyperparams:
+    return state
+  runtime, _ = optimizer_lib.runtime_hyperparams(config.optimizer, param_axes)
+  fresh = {k: (jax.device_put(jnp.asarray(runtime[k], v.dtype), v.sharding)
+               if k in runtime else v) for k, v in hyperparams.items()}
+  return state._replace(opt_state=state.opt_state._replace(hyperparams=fresh))
+
+
+def _record_config(workdir, config, restored, changes) -> None:
+  """config.json for a fresh run; on a resume with changes, one warning line, the
+  history, and the new config.json."""
+  path = workdir / recovery.CONFIG_FILE
+  if restored is not None and changes and path.exists():
+    accepted = changes.guarded + changes.allowed
+    _log(f"signflax train: warning: config changed since the checkpoint at step "
+         f"{restored.step}: {changes.describe(accepted)} (history in "
+         f"{workdir / recovery.HISTORY_FILE})")
+    recovery.append_history(workdir, restored.step, accepted)
+  elif restored is not None and path.exists():
+    return
+  recovery.write_config(workdir, config.to_json_best_effort(indent=2))
+
+
 class _Stopped(Exception):
   """A signal arrived before the first step: leave without training."""
 
@@ -293,136 +351,105 @@ class _Stopped(Exception):
 def run(config, workdir: str, *, allow_config_change: bool = False) -> int:
   """Trains ``config`` and writes results to ``workdir``; returns the exit code.
 
-  Resumes from ``workdir/checkpoints`` when it holds a checkpoint. Exit codes:
-  0 done or stopped by SIGTERM (checkpoint saved), 130 stopped by SIGINT, 1
-  non-finite loss, failed save, or a checkpoint unreadable for now (transient),
-  2 bad workdir, or an incompatible checkpoint or config change (nothing in the
-  workdir is changed). A fresh run that fails or is stopped before its first
-  checkpoint leaves the workdir reusable (``recovery.StartGuard``).
+  ``config`` is validated (``validate``). Resumes from ``workdir/checkpoints``
+  when it holds a checkpoint. Exit codes: 0 done or stopped by SIGTERM
+  (checkpoint saved), 130 stopped by SIGINT, 1 non-finite loss, a failed save,
+  or a checkpoint unreadable for now (transient: nothing moved, start again), 2
+  bad workdir, an incompatible checkpoint, or a config change the checkpoint
+  cannot take (``train.seed`` needs ``allow_config_change``); nothing in the
+  workdir is changed then. A fresh run that fails or is stopped before its
+  first checkpoint leaves the workdir reusable (``recovery.StartGuard``).
   """
   workdir = pathlib.Path(workdir)
   error = _workdir_error(workdir, config)
   if error:
-    return _fail(error)
-  # Signals first: a SIGTERM/SIGINT during start-up (compile, first eval) is honoured too.
+    return _error(error)
+  # Signals first, so one during set-up, compilation or the first eval counts too.
   stopper = preemption.PreemptionHandler(
       check_every=config.checkpoint.preemption_check_every)
-  locks = []  # process 0 holds the workdir's lock for the whole run
-  try:
-    return _run(config, workdir, stopper, locks, allow_config_change)
-  except recovery.WorkdirBusyError as e:
-    return _fail(str(e))
-  finally:
-    stopper.restore()
-    for lock in locks:
-      lock.release()
+  with contextlib.ExitStack() as stack:
+    stack.callback(stopper.restore)
+    parallel.maybe_initialize_distributed(config)
+    stopper.install()  # jax.distributed may have put its own SIGTERM handler in place
+    is_main = jax.process_index() == 0
+    if is_main and workdir.is_dir():
+      try:
+        stack.callback(recovery.WorkdirLock.acquire(workdir).release)
+      except recovery.WorkdirBusyError as e:
+        return _error(str(e))
+    recovery.enable_compilation_cache(
+        recovery.compilation_cache_dir(workdir, config.train.compilation_cache_dir))
+    return _run(config, workdir, stopper, stack, allow_config_change)
 
 
-def _run(config, workdir, stopper, locks, allow_config_change) -> int:
-  parallel.maybe_initialize_distributed(config)
-  stopper.install()  # jax.distributed may have replaced the SIGTERM handler
+def _run(config, workdir, stopper, stack, allow_config_change) -> int:
   t = config.train
   is_main = jax.process_index() == 0
-  if is_main and workdir.is_dir():
-    locks.append(recovery.WorkdirLock.acquire(workdir))
-  recovery.enable_compilation_cache(
-      recovery.compilation_cache_dir(workdir, t.get("compilation_cache_dir")))
-
   tokenizer = data_lib.build_tokenizer(config.data)
-  cfg = model_config(config, tokenizer.vocab_size)
-  mesh = parallel.make_mesh(config.mesh)
-  graphdef, param_shapes, param_axes = model_lib.abstract_model(cfg)
-  num_params = sum(x.size for x in jax.tree.leaves(param_shapes))
-  tx, schedule = optimizer_lib.make_optimizer(config.optimizer, t.steps, param_axes)
+  start = time.monotonic()
+  run_ = setup_lib.setup(config, vocab_size=tokenizer.vocab_size)
+  _warn_if_disk_short(workdir, sum(x.size * x.dtype.itemsize
+                                   for x in jax.tree.leaves(run_.abstract_state)))
+  stack.enter_context(jax.set_mesh(run_.mesh))
+  ckpt = _checkpointer(config, workdir)
+  try:
+    restored, changes = _restore(run_, ckpt, workdir, allow_config_change)
+  except checkpoint_lib.TransientCheckpointError as e:
+    print(f"signflax train: error: {e}", file=sys.stderr, flush=True)
+    return 1
+  except (ValueError, RuntimeError) as e:  # incompatible, config change, none restores
+    return _error(str(e).replace("\n", " "))
+  if restored is not None and int(restored.state.step) >= t.steps:
+    _log(f"nothing to do: {workdir} holds a checkpoint at step {int(restored.state.step)} "
+         f">= config.train.steps={t.steps}")
+    ckpt.close()
+    return 0
+  state = (run_.init_state() if restored is None
+           else _with_config_hyperparams(restored.state, config, run_.param_axes))
 
-  batch_sharding = parallel.batch_sharding(mesh)
-  # Safe: process 0 holds the lock, or the workdir is new (nothing left over to clean).
-  ckpt = _checkpointer(config, workdir, clean_leftovers=True)
-  saved_config = recovery.read_saved_config(workdir) if ckpt.all_steps() else None
-  with jax.set_mesh(mesh):
-    start = time.monotonic()
-    shardings = step_lib.state_shardings(cfg, tx, mesh, param_axes)
-    abstract = _abstract_state(cfg, tx, shardings)
-    labels = ((saved_config or {}).get("optimizer", {}).get("name", "saved"),
-              config.optimizer.name)
-    try:
-      if ckpt.all_steps():  # the saved tree names a changed optimizer best: check it first
-        try:
-          ckpt.check_compatible(ckpt.all_steps()[-1], abstract, labels)
-        except checkpoint_lib.IncompatibleCheckpointError:
-          raise
-        except Exception:  # noqa: BLE001 - unreadable: restore_latest classifies it
-          pass
-      error, changes = _resume_config_error(saved_config, config, allow_config_change)
-      if error:
-        return _fail(error)
-      restored = ckpt.restore_latest(abstract, labels)
-    except (checkpoint_lib.IncompatibleCheckpointError, RuntimeError) as e:
-      if isinstance(e, checkpoint_lib.TransientCheckpointError):
-        print(f"signflax train: error: {e}", file=sys.stderr, flush=True)
-        return 1
-      return _fail(str(e).replace("\n", " "))
-    guard = recovery.StartGuard(workdir) if restored is None else None
-    if restored is None:
-      state, _ = step_lib.create_sharded_state(cfg, tx, mesh, param_axes, t.seed)
-    else:
-      state = restored.state
-      if int(state.step) >= t.steps:
-        _log(f"nothing to do: {workdir} holds a checkpoint at step {int(state.step)} >= "
-             f"config.train.steps={t.steps}")
-        ckpt.close()
-        return 0
-
-    writer, stopped_early = None, False
-    try:
-      if is_main:
-        workdir.mkdir(parents=True, exist_ok=True)
-        if not locks:
-          locks.append(recovery.WorkdirLock.acquire(workdir))
-        if restored is None or not (workdir / recovery.CONFIG_FILE).exists():
-          recovery.write_config(workdir, config.to_json_best_effort(indent=2))
-        elif changes:
-          _log(f"signflax: warning: config changed since the checkpoint at step "
-               f"{restored.step}: {changes.describe(changes.guarded + changes.allowed)} "
-               f"(history in {workdir / recovery.HISTORY_FILE})")
-          recovery.append_history(workdir, restored.step, changes.guarded + changes.allowed)
-          recovery.write_config(workdir, config.to_json_best_effort(indent=2))
-      writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
-      writer.restart(int(state.step))
-      code = _train(config, workdir, state, restored, ckpt, writer, stopper, start=start,
-                    cfg=cfg, mesh=mesh, graphdef=graphdef, tx=tx, schedule=schedule,
-                    shardings=shardings, batch_sharding=batch_sharding,
-                    num_params=num_params, tokenizer=tokenizer)
-    except _Stopped:
-      code, stopped_early = stopper.exit_code, True
-      name = signal.Signals(stopper.received).name if stopper.received else "a signal"
-      _log(f"stopped by {name} before the first step; nothing to save (start the same "
-           "command again to run)")
-    except checkpoint_lib.CheckpointSaveError as e:
-      print(f"signflax train: error: {e}", file=sys.stderr, flush=True)
-      code = 1
-    except BaseException:
-      if guard is not None and not ckpt.all_steps():
-        if writer is not None:
-          writer.close()
-        guard.undo()
-      raise
+  # Only now is the workdir written to: every check that could refuse the run has passed.
+  guard = recovery.StartGuard(workdir) if restored is None else None
+  writer, stopped_early = None, False
+  try:
+    if is_main:
+      workdir.mkdir(parents=True, exist_ok=True)
+      if guard is not None and not guard.existed:  # a new workdir: lock it now
+        stack.callback(recovery.WorkdirLock.acquire(workdir).release)
+      _record_config(workdir, config, restored, changes)
+    writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
+    writer.restart(int(state.step))  # every start: each step appears once in the logs
+    code = _train(run_, workdir, state, restored, ckpt, writer, stopper, tokenizer, start)
+  except _Stopped:
+    code, stopped_early = stopper.exit_code, True
+    name = signal.Signals(stopper.received).name if stopper.received else "a signal"
+    _log(f"stopped by {name} before the first step; nothing to save (start the same command "
+         "again to run)")
+  except checkpoint_lib.CheckpointSaveError as e:
+    print(f"signflax train: error: {e}", file=sys.stderr, flush=True)
+    code = 1
+  except BaseException:
     if writer is not None:
       writer.close()
-    if (code != 0 or stopped_early) and guard is not None and not ckpt.all_steps():
-      note = guard.undo()
-      if note:
-        _log(f"signflax: {note} (no checkpoint was saved; the workdir is reusable)")
-    return code
+    if guard is not None and not ckpt.all_steps():
+      guard.undo()
+    raise
+  if writer is not None:
+    writer.close()
+  if (code != 0 or stopped_early) and guard is not None and not ckpt.all_steps():
+    note = guard.undo()
+    if note:
+      _log(f"signflax train: {note} (no checkpoint was saved; the workdir is reusable)")
+  return code
 
 
-def _train(config, workdir, state, restored, ckpt, writer, stopper, *, start, cfg, mesh,
-           graphdef, tx, schedule, shardings, batch_sharding, num_params, tokenizer) -> int:
-  """Compiles, evaluates and runs the loop; returns the exit code."""
-  t = config.train
-  _log(f"model: {num_params / 1e6:.2f}M params, {cfg.num_layers} layers x {cfg.d_model} "
-       f"wide, vocab {cfg.vocab_size}, {cfg.dtype} compute | mesh {dict(mesh.shape)} on "
-       f"{jax.device_count()} x {jax.devices()[0].device_kind}")
+def _train(run_, workdir, state, restored, ckpt, writer, stopper, tokenizer, start) -> int:
+  """Compiles, evaluates and runs the loop; returns the exit code. Raises _Stopped for
+  a signal before the first step, CheckpointSaveError for a failed save."""
+  config, t = run_.config, run_.config.train
+  model = run_.model
+  _log(f"model: {run_.num_params / 1e6:.2f}M params, {model.num_layers} layers x "
+       f"{model.d_model} wide, vocab {model.vocab_size}, {model.dtype} compute | mesh "
+       f"{dict(run_.mesh.shape)} on {jax.device_count()} x {jax.devices()[0].device_kind}")
   if restored is not None:
     _log(f"resumed from the checkpoint at step {restored.step} in {ckpt.directory}")
   unigram = data_lib.unigram_entropy(config.data, split="eval")
@@ -435,45 +462,32 @@ def _train(config, workdir, state, restored, ckpt, writer, stopper, *, start, cf
                                       process_count=jax.process_count())
   if restored is not None:
     train_iter.set_state(restored.extra["data"])
-  abstract_batch = {k: jax.ShapeDtypeStruct((t.global_batch_size, t.seq_len), jnp.int32,
-                                            sharding=batch_sharding)
-                    for k in ("inputs", "targets")}
-  loss_chunk_len = t.get("loss_chunk_len", 0)
-  step_fn = step_lib.make_train_step(graphdef, tx, schedule, grad_accum=t.grad_accum,
-                                     noise_stats=t.noise_stats, loss_chunk_len=loss_chunk_len)
-  if config.checkpoint.nan_policy == "skip":
-    step_fn = preemption.guard_nonfinite(step_fn)
-  train_step = step_lib.jit_train_step(step_fn, mesh, shardings
-                                       ).lower(state, abstract_batch).compile()
+  # Compile ahead of time, so compile_time_s is the compile alone.
+  train_step = run_.train_step.lower(state, run_.abstract_batch()).compile()
   compile_s = time.monotonic() - start
   first_step = int(state.step)
   _log(f"compiled in {compile_s:.1f}s")
   if stopper.should_stop(first_step, now=True):
     raise _Stopped()
-  eval_step = step_lib.make_eval_step(graphdef, loss_chunk_len)
-  evaluate = Evaluator(config, step_lib.jit_eval_step(eval_step, mesh, shardings),
-                       batch_sharding)
+  evaluate = Evaluator(run_)
   eval_loss = evaluate(state.params)
   if stopper.should_stop(first_step, now=True):
     raise _Stopped()
   record = {"eval_loss": eval_loss, "eval_unigram_entropy": unigram,
-            "num_params": int(num_params), "compile_time_s": compile_s}
+            "num_params": int(run_.num_params), "compile_time_s": compile_s}
   if restored is not None:
     record["resumed_from_step"] = int(restored.step)
   writer.write(first_step, record)
   _log(f"step {first_step} eval loss {eval_loss:.4f}")
+
   train_start = time.monotonic()
+  loop = _Loop(run_, train_step, train_iter, evaluate, writer, ckpt, stopper)
   try:
     state, last, preempted = _train_loop(
-        config, state, train_step, train_iter, evaluate, writer, batch_sharding,
-        flops_per_token=model_lib.flops_per_token(cfg, t.seq_len),
-        peak_flops=metrics_lib.peak_flops_per_device(), ckpt=ckpt,
-        loop_state=restored.extra.get("loop", {}) if restored else {}, stopper=stopper)
+        loop, state, restored.extra.get("loop", {}) if restored else {})
   except preemption.NonFiniteError as e:
-    try:
+    with contextlib.suppress(checkpoint_lib.CheckpointSaveError):
       ckpt.close()
-    except checkpoint_lib.CheckpointSaveError:
-      pass
     print(f"signflax train: error: {e}", file=sys.stderr, flush=True)
     return 1
   ckpt.close()
