@@ -97,6 +97,7 @@ def compile_rows(names) -> list[dict]:
                              capture_output=True, text=True, check=True, cwd=ROOT)
         seconds = json.loads(out.stdout.strip().splitlines()[-1])["compile_s"]
         rows.append({"config": name, "cache": label, "compile_s": seconds})
+        print(f"  {name} {label}: {seconds:.2f}s", file=sys.stderr, flush=True)
     finally:
       shutil.rmtree(cache, ignore_errors=True)
   return rows
