@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import platform
 import shutil
@@ -119,7 +120,9 @@ def main(argv=None) -> int:
     return 0
   import jax  # noqa: PLC0415
   result = {"device": jax.devices()[0].device_kind, "host": platform.processor() or
-            platform.machine(), "checksum_rows": [], "compile_rows": []}
+            platform.machine(), "cpus": os.cpu_count(),
+            "load_average_1min": os.getloadavg()[0],   # a shared host skews every timing
+            "checksum_rows": [], "compile_rows": []}
   names = [n for n in args.configs.split(",") if n]
   if names:
     result["checksum_rows"] = checksum_rows(names, args.repeats)
