@@ -166,6 +166,9 @@ def _leaf_table(tree: Any) -> dict[str, tuple]:
           for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
+_WRAPPERS = ("inner_state", "inner_states")
+
+
 def _state_fields(table: dict[str, tuple], param_names: set[str]) -> list[str]:
   """The optimizer state's field names ('count', 'mu', ...): leaf names under 'opt_state'
   with the parameter path and container indices removed."""
@@ -178,8 +181,10 @@ def _state_fields(table: dict[str, tuple], param_names: set[str]) -> list[str]:
       if ".".join(parts[i:]) in param_names:
         parts = parts[:i]
         break
-    field = ".".join(p for p in parts if not p.isdigit())
-    if field and field not in fields:
+    # Container levels (chain indices, wrappers' inner states) and injected
+    # hyperparameters (scalars every optimizer of the chain may carry) name no state.
+    field = ".".join(p for p in parts if not p.isdigit() and p not in _WRAPPERS)
+    if field and not field.startswith("hyperparams") and field not in fields:
       fields.append(field)
   return fields
 
