@@ -58,7 +58,8 @@ def _microbatches(batch: Batch, num: int) -> Batch:
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation,
-                    learning_rate_fn: Callable[[Any], jax.Array], *, grad_accum: int = 1, noise_stats: bool = True, loss_chunk_len: int = 0
+                    learning_rate_fn: Callable[[Any], jax.Array], *, grad_accum: int = 1,
+                    noise_stats: bool = True, loss_chunk_len: int = 0
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
   """The (unjitted) train step: state, {inputs, targets} -> new state, scalar metrics.
 

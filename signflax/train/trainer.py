@@ -3,11 +3,11 @@
     signflax train --config lm/tiny --workdir runs/tiny --config.optimizer.name=signum
 
 Config groups: ``model`` (``signflax.model.TransformerConfig`` fields),
-``optimizer``, ``data`` (``signflax.data.default_data_config()``), ``mesh``
-(data/fsdp/tensor sizes, -1 = the rest), ``train``, ``checkpoint`` and
-``distributed``; see ``signflax/configs/lm/tiny.py`` for every field. ``workdir``
-receives ``config.json``, ``metrics.jsonl``, TensorBoard events under ``tb/``
-and Orbax checkpoints under ``checkpoints/``. A run started in a workdir that
+``optimizer``, ``data``, ``mesh`` (data/fsdp/tensor sizes, -1 = the rest),
+``train``, ``checkpoint`` and ``distributed``; every field, its type, range and
+default are in ``signflax.train.schema``. ``workdir`` receives ``config.json``,
+``metrics.jsonl``, TensorBoard events under ``tb/`` and Orbax checkpoints under
+``checkpoints/``. A run started in a workdir that
 holds checkpoints resumes from the latest readable one (see
 ``signflax.train.checkpoint``); SIGTERM saves a checkpoint and exits 0.
 """
