@@ -14,9 +14,10 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 
 @pytest.mark.slow
 def test_wheel_runs_train_and_linreg_outside_the_source_tree(tmp_path):
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
   dist = tmp_path / "dist"
   subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-                  "--no-build-isolation", "-w", str(dist), str(REPO)], check=True)
+                  "--no-build-isolation", "-w", str(dist), str(REPO)], check=True, env=env)
   (wheel,) = dist.glob("signflax-*.whl")
 
   # A fresh venv that sees this environment's dependencies (jax, flax, ...) through a .pth
@@ -28,14 +29,15 @@ def test_wheel_runs_train_and_linreg_outside_the_source_tree(tmp_path):
                             "['purelib'])"], check=True, capture_output=True, text=True
                            ).stdout.strip()
   pathlib.Path(purelib, "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+  # --ignore-installed: the .pth also shows this environment's (editable) signflax metadata.
   subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",
-                  "--no-deps", str(wheel)], check=True)
+                  "--no-deps", "--ignore-installed", str(wheel)], check=True, env=env)
 
-  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
   work = tmp_path / "elsewhere"
   work.mkdir()
   where = subprocess.run([str(python), "-c", "import signflax; print(signflax.__file__)"],
-                         cwd=work, env=env, check=True, capture_output=True, text=True)
+                         cwd=work, env=env, capture_output=True, text=True)
+  assert where.returncode == 0, where.stderr
   assert pathlib.Path(where.stdout.strip()).is_relative_to(env_dir)
 
   signflax = str(env_dir / "bin" / "signflax")

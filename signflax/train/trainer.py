@@ -292,19 +292,19 @@ def run(config, workdir: str) -> int:
   is_main = jax.process_index() == 0
   tokenizer = data_lib.build_tokenizer(config.data)
   start = time.monotonic()
-  run_ = setup_lib.setup(config, vocab_size=tokenizer.vocab_size)
+  job = setup_lib.setup(config, vocab_size=tokenizer.vocab_size)
   _warn_if_disk_short(workdir, sum(x.size * x.dtype.itemsize
-                                   for x in jax.tree.leaves(run_.abstract_state)))
+                                   for x in jax.tree.leaves(job.abstract_state)))
 
-  with contextlib.ExitStack() as stack, jax.set_mesh(run_.mesh):
+  with contextlib.ExitStack() as stack, jax.set_mesh(job.mesh):
     ckpt = _checkpointer(config, workdir)
     stack.callback(ckpt.close)
     try:
-      restored = ckpt.restore_latest(run_.abstract_state)
+      restored = ckpt.restore_latest(job.abstract_state)
     except (checkpoint_lib.IncompatibleCheckpointError, RuntimeError) as e:
       return _error(str(e).replace("\n", " "))
     if restored is None:
-      state = run_.init_state()
+      state = job.init_state()
     elif int(restored.state.step) >= t.steps:
       _log(f"nothing to do: {workdir} holds a checkpoint at step {int(restored.state.step)} "
            f">= config.train.steps={t.steps}")
@@ -319,10 +319,10 @@ def run(config, workdir: str) -> int:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
     writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
     stack.callback(writer.close)
-    model = run_.model
-    _log(f"model: {run_.num_params / 1e6:.2f}M params, {model.num_layers} layers x "
+    model = job.model
+    _log(f"model: {job.num_params / 1e6:.2f}M params, {model.num_layers} layers x "
          f"{model.d_model} wide, vocab {model.vocab_size}, {model.dtype} compute | mesh "
-         f"{dict(run_.mesh.shape)} on {jax.device_count()} x {jax.devices()[0].device_kind}")
+         f"{dict(job.mesh.shape)} on {jax.device_count()} x {jax.devices()[0].device_kind}")
     if restored is not None:
       _log(f"resumed from the checkpoint at step {restored.step} in {ckpt.directory}")
     unigram = data_lib.unigram_entropy(config.data, split="eval")
@@ -336,12 +336,12 @@ def run(config, workdir: str) -> int:
     if restored is not None:
       train_iter.set_state(restored.extra["data"])
     # Compile ahead of time, so compile_time_s is the compile alone.
-    train_step = run_.train_step.lower(state, run_.abstract_batch()).compile()
+    train_step = job.train_step.lower(state, job.abstract_batch()).compile()
     compile_s = time.monotonic() - start
-    evaluate = Evaluator(run_)
+    evaluate = Evaluator(job)
     eval_loss = evaluate(state.params)
     record = {"eval_loss": eval_loss, "eval_unigram_entropy": unigram,
-              "num_params": run_.num_params, "compile_time_s": compile_s}
+              "num_params": job.num_params, "compile_time_s": compile_s}
     if restored is not None:
       record["resumed_from_step"] = restored.step
       writer.resume(restored.step)
@@ -352,7 +352,7 @@ def run(config, workdir: str) -> int:
     stopper = preemption.PreemptionHandler(
         check_every=config.checkpoint.preemption_check_every)
     stack.callback(stopper.restore)
-    loop = _Loop(run_, train_step, train_iter, evaluate, writer, ckpt, stopper)
+    loop = _Loop(job, train_step, train_iter, evaluate, writer, ckpt, stopper)
     try:
       state, last, preempted = _train_loop(
           loop, state, restored.extra.get("loop", {}) if restored else {})

@@ -1,0 +1,1 @@
+"""Experiments built on the library layers: sweeps, scaling-law fits, phase diagrams, plots."""

@@ -1,0 +1,292 @@
+"""Closed-form and numerical theory for the power-law regression lab.
+
+* SGD: the exact expected-risk recursion (per-coordinate second moments) under
+  both noise models, and the scaling law :math:`L \\approx (\\eta k)^{-s} + \\eta/B`
+  (Li et al. 2026, Eq. 6 and App. E).
+* signSGD: Theorem 3.1 of Li et al. (2026) -- burn-in :math:`(1 - \\eta k)^2`,
+  scaling :math:`(\\eta\\sqrt{B}k)^{-2s} + \\eta/\\sqrt{B}`, unstable
+  :math:`(\\eta\\sqrt{B}k)^{-2s} + \\eta^2` -- with constants to fit, and the
+  data-limited optima of App. B.3 (best loss and critical batch size vs data D).
+* The risk ODE of Xiao et al. (2024), "Exact risk curves of signSGD in high
+  dimensions", for signSGD with one sample per step and step size :math:`\\eta/d`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from signflax.linreg.problems import PowerLawProblem
+
+OPTIMIZER_FAMILIES = ("sgd", "sign")
+REGIMES = ("burn-in", "scaling", "unstable")
+
+
+
+# ----------------------------------------------------------------------------- SGD, exact
+
+
+def sgd_expected_risk(problem: PowerLawProblem, learning_rate, batch_size, steps) -> np.ndarray:
+  """Exact :math:`E[L(\\theta_k)]` of constant-step SGD, hessian-aligned noise, closed form.
+
+  With :math:`a_j = (1 - \\eta\\lambda_j)^2`, the second moments obey
+  :math:`E\\delta_{j,k+1}^2 = a_j E\\delta_{j,k}^2 + \\eta^2\\sigma^2\\lambda_j/B`, so
+
+  .. math::
+    E\\delta_{j,k}^2 = a_j^k \\theta_j^{*2}
+      + \\frac{\\eta^2 \\sigma^2 \\lambda_j}{B} \\frac{1 - a_j^k}{1 - a_j}.
+
+  ``learning_rate``, ``batch_size`` and ``steps`` broadcast against each other
+  (float64, NumPy); the result has their broadcast shape.
+  """
+  lam = np.asarray(problem.eigenvalues, np.float64)
+  tstar2 = np.asarray(problem.theta_star, np.float64) ** 2
+  eta, batch, k = np.broadcast_arrays(np.asarray(learning_rate, np.float64),
+                                      np.asarray(batch_size, np.float64),
+                                      np.asarray(steps, np.float64))
+  eta, batch, k = eta[..., None], batch[..., None], k[..., None]
+  a = (1.0 - eta * lam) ** 2
+  with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+    ak = a ** k
+    geometric = np.where(np.abs(1.0 - a) > 1e-12, (1.0 - ak) / (1.0 - a), k)
+    second = ak * tstar2 + eta**2 * problem.noise_std**2 * lam / batch * geometric
+    return 0.5 * np.sum(lam * second, axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames=("schedule", "noise_model"))
+def _sgd_recursion(eigenvalues, theta_star, noise_std, learning_rates, batch_sizes,
+                   record_steps, *, schedule, noise_model):
+  lam = eigenvalues
+
+  def one(peak, batch):
+    def step(k, v):
+      eta = schedule(peak, k)
+      if noise_model == "hessian_aligned":
+        return (1 - eta * lam) ** 2 * v + eta**2 * noise_std**2 * lam / batch
+      contraction = 1 - 2 * eta * lam + eta**2 * lam**2 * (1 + 1 / batch)
+      return contraction * v + eta**2 / batch * lam * (jnp.sum(lam * v) + noise_std**2)
+
+    def segment(carry, stop):
+      v, start = carry
+      v = jax.lax.fori_loop(start, stop, step, v)
+      return (v, stop), 0.5 * jnp.sum(lam * v)
+
+    _, risk = jax.lax.scan(segment, (theta_star**2, jnp.zeros((), record_steps.dtype)),
+                           record_steps)
+    return risk
+
+  return jax.vmap(one)(learning_rates, batch_sizes)
+
+
+def _constant(peak, k):
+  del k
+  return peak
+
+
+def sgd_risk_recursion(problem: PowerLawProblem, learning_rates, batch_sizes, steps, *,
+                       noise_model: str = "hessian_aligned",
+                       schedule: Callable | None = None) -> np.ndarray:
+  """Exact :math:`E[L(\\theta_k)]` of SGD by iterating the second-moment recursion.
+
+  With :math:`v_j = E\\delta_j^2` and step size :math:`\\eta_k`:
+
+  * hessian-aligned: :math:`v_j \\leftarrow (1 - \\eta_k\\lambda_j)^2 v_j
+    + \\eta_k^2 \\sigma^2 \\lambda_j / B`;
+  * minibatch (Gaussian features, Isserlis): :math:`v_j \\leftarrow
+    (1 - 2\\eta_k\\lambda_j + \\eta_k^2\\lambda_j^2 (1 + 1/B)) v_j
+    + \\frac{\\eta_k^2}{B}\\lambda_j (\\sum_i \\lambda_i v_i + \\sigma^2)`.
+
+  Args:
+    problem: the regression problem.
+    learning_rates, batch_sizes: equal-shape (or broadcastable) 1-D arrays of configs.
+    steps: increasing steps at which to report the risk.
+    noise_model: ``"hessian_aligned"`` or ``"minibatch"``.
+    schedule: optional hashable ``(peak_lr, step) -> lr`` (jnp); default constant.
+
+  Returns:
+    ``(n_configs, n_steps)`` expected excess risk (float32).
+  """
+  lrs, bs = np.broadcast_arrays(np.atleast_1d(np.asarray(learning_rates, np.float32)),
+                                np.atleast_1d(np.asarray(batch_sizes, np.float32)))
+  return np.asarray(_sgd_recursion(
+      problem.eigenvalues, problem.theta_star, jnp.float32(problem.noise_std),
+      jnp.asarray(lrs), jnp.asarray(bs), jnp.asarray(np.asarray(steps), jnp.int32),
+      schedule=schedule or _constant, noise_model=noise_model))
+
+
+# ----------------------------------------------------------------------------- scaling laws
+
+
+class ScalingLaw(NamedTuple):
+  """Constants of a fitted scaling law (see ``predicted_loss``).
+
+  Attributes:
+    family: ``"sgd"`` or ``"sign"``.
+    s: relative difficulty :math:`(\\alpha - 1)/\\beta`.
+    signal: :math:`A`, the coefficient of the signal-learning term.
+    noise: :math:`C`, the coefficient of :math:`\\eta/B` (SGD) or :math:`\\eta/\\sqrt{B}` (sign).
+    oscillation: :math:`C_o`, the coefficient of :math:`\\eta^2` (sign, unstable regime).
+    initial: :math:`L_0 = L(0)`, the burn-in level.
+  """
+  family: str
+  s: float
+  signal: float = 1.0
+  noise: float = 1.0
+  oscillation: float = 1.0
+  initial: float = 1.0
+
+
+def effective_learning_rate(family: str, learning_rate, batch_size):
+  """:math:`\\gamma = \\eta/B` for SGD (linear rule), :math:`\\eta/\\sqrt{B}` for sign
+  methods (square-root rule), Li et al. (2026) App. B.3."""
+  _check_family(family)
+  batch = np.asarray(batch_size, np.float64)
+  return np.asarray(learning_rate) / (batch if family == "sgd" else np.sqrt(batch))
+
+
+def scaling_law_terms(family: str, s: float, learning_rate, batch_size, steps):
+  """The basis terms of the scaling laws, stacked on the last axis.
+
+  SGD: :math:`[(\\eta k)^{-s},\\ \\eta/B]`. signSGD (Theorem 3.1):
+  :math:`[(\\eta\\sqrt{B}k)^{-2s},\\ \\eta/\\sqrt{B},\\ \\eta^2]`.
+  """
+  _check_family(family)
+  eta, batch, k = (np.asarray(x, np.float64) for x in
+                   np.broadcast_arrays(learning_rate, batch_size, steps))
+  if family == "sgd":
+    return np.stack([(eta * k) ** -s, eta / batch], axis=-1)
+  return np.stack([(eta * np.sqrt(batch) * k) ** (-2 * s), eta / np.sqrt(batch), eta**2],
+                  axis=-1)
+
+
+def regime(learning_rate, batch_size, steps) -> np.ndarray:
+  """signSGD regime of Theorem 3.1: 0 burn-in (:math:`\\eta k < 1`), 1 scaling
+  (:math:`\\eta\\sqrt{B} \\le 1`), 2 unstable (:math:`\\eta\\sqrt{B} > 1`)."""
+  eta, batch, k = np.broadcast_arrays(learning_rate, batch_size, steps)
+  return np.where(eta * k < 1, 0, np.where(eta * np.sqrt(batch) <= 1, 1, 2))
+
+
+def predicted_loss(law: ScalingLaw, learning_rate, batch_size, steps) -> np.ndarray:
+  """The scaling law with fitted constants.
+
+  SGD: :math:`A(\\eta k)^{-s} + C\\eta/B`. signSGD: :math:`L_0(1 - \\eta k)^2` in burn-in
+  (:math:`\\eta k < 1`), else :math:`A(\\eta\\sqrt{B}k)^{-2s} + C\\eta/\\sqrt{B} + C_o\\eta^2`;
+  the last two terms each dominate in their own regime (scaling, unstable), so the
+  sum equals Theorem 3.1's piecewise form up to a factor of two.
+  """
+  terms = scaling_law_terms(law.family, law.s, learning_rate, batch_size, steps)
+  if law.family == "sgd":
+    return terms @ np.array([law.signal, law.noise])
+  loss = terms @ np.array([law.signal, law.noise, law.oscillation])
+  eta_k = np.asarray(learning_rate) * np.asarray(steps)
+  return np.where(eta_k < 1, np.maximum(law.initial * (1 - eta_k) ** 2, loss), loss)
+
+
+def data_scaling_exponent(family: str, s: float) -> float:
+  """Best loss over (:math:`\\eta`, B) at data budget D decays as :math:`D^{-e}`:
+  :math:`e = 2s/(2s+1)` (signSGD), :math:`s/(s+1)` (SGD). Li et al. (2026) App. B.3.2."""
+  _check_family(family)
+  p = _signal_power(family, s)
+  return p / (p + 1)
+
+
+def critical_batch_exponent(family: str, s: float) -> float:
+  """Critical batch size :math:`B^* \\propto D^{c}`: :math:`c = 2s/(2s+1)` (signSGD),
+  :math:`s/(s+1)` (SGD). Li et al. (2026) App. B.3.3."""
+  return data_scaling_exponent(family, s)
+
+
+def optimal_effective_learning_rate(law: ScalingLaw, data):
+  """:math:`\\gamma^* = \\arg\\min_\\gamma A(D\\gamma)^{-p} + C\\gamma
+  = (pAD^{-p}/C)^{1/(p+1)}`, with :math:`p = s` (SGD) or :math:`2s` (sign)."""
+  p = _signal_power(law.family, law.s)
+  data = np.asarray(data, np.float64)
+  return (p * law.signal * data ** -p / law.noise) ** (1 / (p + 1))
+
+
+def optimal_loss(law: ScalingLaw, data, batch_size=1, stability: float = 1.0):
+  """Data-limited optimum :math:`E^*_D(B)` in the scaling regime (App. B.3.2-3).
+
+  Minimizes :math:`A(D\\gamma)^{-p} + C\\gamma` over :math:`\\gamma \\le \\gamma_{max}(B)`,
+  where stability caps :math:`\\eta \\lesssim 1/\\sqrt{B}` (sign) or :math:`\\eta \\lesssim 1`
+  (SGD), i.e. :math:`\\gamma_{max} = c/B` in both cases (``stability`` = c). Below the
+  critical batch size :math:`B^* = c/\\gamma^*` the loss is :math:`(1 + 1/p)C\\gamma^*
+  \\propto D^{-p/(p+1)}`; above it, :math:`\\approx A(D/B)^{-p}`.
+  """
+  p = _signal_power(law.family, law.s)
+  data = np.asarray(data, np.float64)
+  gamma = np.minimum(optimal_effective_learning_rate(law, data),
+                     stability / np.asarray(batch_size, np.float64))
+  return law.signal * (data * gamma) ** -p + law.noise * gamma
+
+
+def critical_batch_size(law: ScalingLaw, data, stability: float = 1.0):
+  """:math:`B^*_D = c/\\gamma^*_D \\propto D^{p/(p+1)}` (Li et al. 2026, App. B.3.3)."""
+  return stability / optimal_effective_learning_rate(law, data)
+
+
+def _signal_power(family: str, s: float) -> float:
+  _check_family(family)
+  return s if family == "sgd" else 2 * s
+
+
+def _check_family(family: str) -> None:
+  if family not in OPTIMIZER_FAMILIES:
+    raise ValueError(f"family: must be one of {', '.join(OPTIMIZER_FAMILIES)}, got {family!r}")
+
+
+# ----------------------------------------------------------------------------- Xiao et al. ODE
+
+
+def signsgd_risk_ode(problem: PowerLawProblem, learning_rate: float, times, *,
+                     dt: float | None = None) -> np.ndarray:
+  """Risk of signSGD from the ODE of Xiao et al. (2024), one sample per step.
+
+  With step size :math:`\\eta/d`, time :math:`t = k/d`, :math:`v_j = E\\delta_j^2/2` and
+  :math:`R = \\sum_j \\lambda_j v_j` (the excess risk),
+
+  .. math::
+    \\frac{dv_j}{dt} = -\\frac{4\\eta}{\\pi}\\frac{\\sqrt{\\lambda_j}\\, v_j}{\\sqrt{2R + \\sigma^2}}
+      + \\frac{\\eta^2}{2d},
+
+  the drift coming from :math:`E[\\mathrm{sgn}(x_j r)] = \\tfrac{2}{\\pi}\\arcsin\\rho_j
+  \\approx \\tfrac{2}{\\pi}\\rho_j` for the correlation :math:`\\rho_j` of feature
+  :math:`x_j` and residual :math:`r`. Solved by classical RK4 (float64).
+
+  Args:
+    problem: the regression problem (d = ``problem.dim``).
+    learning_rate: :math:`\\eta` (the per-step size is :math:`\\eta/d`).
+    times: increasing times :math:`t \\ge 0` at which to report :math:`R(t)`.
+    dt: RK4 step; default :math:`0.02 / \\eta`.
+
+  Returns:
+    ``R(t)`` at ``times``.
+  """
+  lam = np.asarray(problem.eigenvalues, np.float64)
+  rate = 4.0 * learning_rate / np.pi * np.sqrt(lam)
+  source = learning_rate**2 / (2.0 * problem.dim)
+  sigma2 = problem.noise_std**2
+
+  def f(v):
+    return -rate * v / np.sqrt(2.0 * np.dot(lam, v) + sigma2) + source
+
+  times = np.asarray(times, np.float64)
+  dt = dt or 0.02 / learning_rate
+  v = 0.5 * np.asarray(problem.theta_star, np.float64) ** 2
+  t, out = 0.0, []
+  for target in times:
+    n = int(np.ceil((target - t) / dt - 1e-9))
+    h = (target - t) / n if n > 0 else 0.0
+    for _ in range(n):
+      k1 = f(v)
+      k2 = f(v + 0.5 * h * k1)
+      k3 = f(v + 0.5 * h * k2)
+      k4 = f(v + h * k3)
+      v = v + h / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4)
+    t = target
+    out.append(np.dot(lam, v))
+  return np.asarray(out)

@@ -1,0 +1,333 @@
+"""A LLaMA-style decoder-only transformer in Flax NNX.
+
+RMSNorm, rotary position embeddings, SwiGLU MLP, optional grouped-query
+attention, tied or untied embeddings, no biases. Parameters are float32 and
+carry logical axis names (``nnx.with_partitioning``); compute runs in
+``config.dtype``. The blocks are stacked on a leading ``layers`` axis
+(``nnx.vmap`` at init) and applied with ``nnx.scan``, so compile time does not
+grow with depth; ``config.remat`` rematerializes each block in the backward pass.
+
+Parameter paths name their role (``embed``, ``layers/attn/q``, ``lm_head``), so
+path-routed optimizers such as Muon can tell matrices from embeddings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from signflax.parallel import constrain
+
+REMAT_POLICIES = {
+    "none": None,  # no rematerialization
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """Shape and numerics of the transformer (mirrors ``config.model``)."""
+  vocab_size: int = 256
+  num_layers: int = 4
+  d_model: int = 256
+  num_heads: int = 4
+  num_kv_heads: int | None = None   # None = num_heads (no GQA)
+  head_dim: int | None = None       # None = d_model // num_heads
+  mlp_dim: int | None = None        # None = 8/3 d_model rounded up to a multiple of 64
+  max_seq_len: int = 128            # the model's context (RoPE tables)
+  rope_theta: float = 10_000.0
+  norm_eps: float = 1e-6
+  tie_embeddings: bool = True
+  dtype: str = "float32"            # compute dtype; params stay float32
+  attention_impl: str = "auto"      # "auto" (cudnn where supported, else xla), "xla", "cudnn"
+  remat: str = "none"               # a key of REMAT_POLICIES
+  init_std: float = 0.02
+
+  @classmethod
+  def from_config(cls, model_config) -> "TransformerConfig":
+    fields = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(dict(model_config)) - set(fields))
+    if unknown:
+      raise ValueError(f"config.model: unknown field(s) {', '.join(unknown)}; fields: "
+                       f"{', '.join(fields)}")
+    return cls(**dict(model_config))
+
+  @property
+  def kv_heads(self) -> int:
+    return self.num_kv_heads or self.num_heads
+
+  @property
+  def qk_dim(self) -> int:
+    return self.head_dim or self.d_model // self.num_heads
+
+  @property
+  def hidden_dim(self) -> int:
+    return self.mlp_dim or 64 * -(-(8 * self.d_model // 3) // 64)
+
+  @property
+  def compute_dtype(self):
+    return DTYPES[self.dtype]
+
+  def check(self) -> None:
+    """Raises a one-line ValueError naming the bad ``config.model`` field."""
+    if self.dtype not in DTYPES:
+      raise ValueError(f"config.model.dtype: {self.dtype!r} is not one of {sorted(DTYPES)}")
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"config.model.remat: {self.remat!r} is not one of "
+                       f"{list(REMAT_POLICIES)}")
+    if self.attention_impl not in ATTENTION_IMPLEMENTATIONS:
+      raise ValueError(f"config.model.attention_impl: {self.attention_impl!r} is not one of "
+                       f"{list(ATTENTION_IMPLEMENTATIONS)}")
+    if self.attention_impl == "cudnn" and self.dtype == "float32":
+      raise ValueError("config.model.attention_impl: 'cudnn' needs dtype bfloat16 or float16, "
+                       "got float32")
+    for name in ("vocab_size", "num_layers", "d_model", "num_heads", "max_seq_len"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"config.model.{name}: must be positive, got {getattr(self, name)}")
+    if self.num_heads % self.kv_heads:
+      raise ValueError(f"config.model.num_kv_heads: {self.kv_heads} must divide num_heads="
+                       f"{self.num_heads}")
+    if self.head_dim is None and self.d_model % self.num_heads:
+      raise ValueError(f"config.model.num_heads: {self.num_heads} must divide d_model="
+                       f"{self.d_model} (or set head_dim)")
+    if self.qk_dim % 2:
+      raise ValueError(f"config.model.head_dim: must be even for rotary embeddings, got "
+                       f"{self.qk_dim}")
+
+
+def _param(rngs: nnx.Rngs, init: Callable, shape, axes: tuple[str, ...]) -> nnx.Param:
+  """A float32 parameter annotated with logical axis names."""
+  return nnx.Param(nnx.with_partitioning(init, axes)(rngs.params(), shape, jnp.float32))
+
+
+class RMSNorm(nnx.Module):
+  """y = x / rms(x) * scale, computed in float32."""
+
+  def __init__(self, dim: int, eps: float, *, rngs: nnx.Rngs):
+    self.scale = _param(rngs, nnx.initializers.ones, (dim,), ("embed",))
+    self.eps = eps
+
+  def __call__(self, x):
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (y * self.scale[...]).astype(x.dtype)
+
+
+def cudnn_attention_supported(dtype, head_dim: int) -> bool:
+  """Whether cuDNN's fused (flash) attention can run here.
+
+  It needs an NVIDIA GPU of compute capability >= 8.0 (Ampere, Hopper), a 16-bit
+  dtype, and a head size that is a multiple of 8 and at most 128.
+  """
+  if jax.default_backend() != "gpu" or jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16):
+    return False
+  capability = getattr(jax.devices()[0], "compute_capability", "0")
+  return float(capability) >= 8.0 and head_dim % 8 == 0 and head_dim <= 128
+
+
+def attention_implementation(cfg: "TransformerConfig") -> str:
+  """``cfg.attention_impl`` resolved: "auto" is "cudnn" where supported, else "xla".
+
+  ``jax.nn.dot_product_attention(implementation=None)`` means XLA's attention,
+  which writes the [batch, heads, length, length] scores and probabilities to
+  memory in the forward pass and again in the backward; cuDNN's fused kernel
+  keeps them on chip (FlashAttention), so "auto" asks for it whenever it can run.
+  """
+  if cfg.attention_impl != "auto":
+    return cfg.attention_impl
+  return "cudnn" if cudnn_attention_supported(cfg.compute_dtype, cfg.qk_dim) else "xla"
+
+
+def rotary_embedding(x, positions, theta: float):
+  """Rotates pairs (x[..., :d/2], x[..., d/2:]) of ``x[b, t, h, d]`` by position-dependent angles."""
+  half = x.shape[-1] // 2
+  freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  angle = positions[..., None].astype(jnp.float32) * freq  # [b, t, half]
+  sin, cos = jnp.sin(angle)[:, :, None, :], jnp.cos(angle)[:, :, None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+class Attention(nnx.Module):
+  """Causal multi-head attention with grouped key/value heads and RoPE.
+
+  Projections are stored as matrices (``[embed, heads*head_dim]``), so Muon
+  orthogonalizes each one as a whole.
+  """
+
+  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    d, q_dim, kv_dim = cfg.d_model, cfg.num_heads * cfg.qk_dim, cfg.kv_heads * cfg.qk_dim
+    init = nnx.initializers.normal(cfg.init_std)
+    out_init = nnx.initializers.normal(cfg.init_std / (2 * cfg.num_layers) ** 0.5)
+    self.q = _param(rngs, init, (d, q_dim), ("embed", "heads"))
+    self.k = _param(rngs, init, (d, kv_dim), ("embed", "kv"))
+    self.v = _param(rngs, init, (d, kv_dim), ("embed", "kv"))
+    self.o = _param(rngs, out_init, (q_dim, d), ("heads", "embed"))
+
+  def __call__(self, x, positions):
+    cfg, dtype = self.cfg, x.dtype
+    b, t, _ = x.shape
+    q = (x @ self.q[...].astype(dtype)).reshape(b, t, cfg.num_heads, cfg.qk_dim)
+    k = (x @ self.k[...].astype(dtype)).reshape(b, t, cfg.kv_heads, cfg.qk_dim)
+    v = (x @ self.v[...].astype(dtype)).reshape(b, t, cfg.kv_heads, cfg.qk_dim)
+    q = constrain(rotary_embedding(q, positions, cfg.rope_theta), ("batch", "length", "act_heads", None))
+    k = rotary_embedding(k, positions, cfg.rope_theta)
+    out = jax.nn.dot_product_attention(q, k, v, is_causal=True,
+                                       implementation=attention_implementation(cfg))
+    return out.reshape(b, t, -1) @ self.o[...].astype(dtype)
+
+
+class MLP(nnx.Module):
+  """SwiGLU: (silu(x W_gate) * x W_up) W_down."""
+
+  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+    d, h = cfg.d_model, cfg.hidden_dim
+    init = nnx.initializers.normal(cfg.init_std)
+    out_init = nnx.initializers.normal(cfg.init_std / (2 * cfg.num_layers) ** 0.5)
+    self.gate = _param(rngs, init, (d, h), ("embed", "mlp"))
+    self.up = _param(rngs, init, (d, h), ("embed", "mlp"))
+    self.down = _param(rngs, out_init, (h, d), ("mlp", "embed"))
+
+  def __call__(self, x):
+    dtype = x.dtype
+    hidden = jax.nn.silu(x @ self.gate[...].astype(dtype)) * (x @ self.up[...].astype(dtype))
+    hidden = constrain(hidden, ("batch", "length", "act_mlp"))
+    return hidden @ self.down[...].astype(dtype)
+
+
+class Block(nnx.Module):
+  """Pre-norm residual block: x + attn(norm(x)), then + mlp(norm(x))."""
+
+  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+    self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, rngs=rngs)
+    self.attn = Attention(cfg, rngs=rngs)
+    self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, rngs=rngs)
+    self.mlp = MLP(cfg, rngs=rngs)
+
+  def __call__(self, x, positions):
+    x = x + self.attn(self.attn_norm(x), positions)
+    x = x + self.mlp(self.mlp_norm(x))
+    return constrain(x, ("batch", "length", "act_embed"))
+
+
+class Transformer(nnx.Module):
+  """Decoder-only LM: tokens ``int32[b, t]`` -> logits ``float32[b, t, vocab]``."""
+
+  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+    cfg.check()
+    self.cfg = cfg
+    self.embed = _param(rngs, nnx.initializers.normal(cfg.init_std),
+                        (cfg.vocab_size, cfg.d_model), ("vocab", "embed"))
+
+    @nnx.split_rngs(splits=cfg.num_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def make_blocks(rngs):
+      return Block(cfg, rngs=rngs)
+
+    self.layers = make_blocks(rngs)
+    self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, rngs=rngs)
+    if not cfg.tie_embeddings:
+      self.lm_head = _param(rngs, nnx.initializers.normal(cfg.init_std),
+                            (cfg.d_model, cfg.vocab_size), ("embed", "vocab"))
+
+  def features(self, tokens, positions=None):
+    """The final-normed hidden states ``[b, t, d_model]`` in the compute dtype."""
+    cfg, dtype = self.cfg, self.cfg.compute_dtype
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+    # Gather from the whole table (all-gathered, as FSDP does for every weight):
+    # a gather from a (vocab, embed)-sharded table cannot emit batch-sharded rows.
+    table = constrain(self.embed[...], (None, None))
+    x = jnp.take(table, tokens, axis=0).astype(dtype)
+    x = constrain(x, ("batch", "length", "act_embed"))
+
+    def apply_block(block, x):
+      return block(x, positions)
+
+    policy = REMAT_POLICIES[cfg.remat]
+    if cfg.remat != "none":
+      apply_block = nnx.remat(apply_block, policy=policy, prevent_cse=False)
+
+    @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry,
+              transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def run_layers(block, x):
+      return apply_block(block, x)
+
+    return self.final_norm(run_layers(self.layers, x))
+
+  def head(self) -> jax.Array:
+    """The output projection ``float32[d_model, vocab]`` (the embedding's transpose if tied)."""
+    return self.embed[...].T if self.cfg.tie_embeddings else self.lm_head[...]
+
+  def __call__(self, tokens, positions=None):
+    x = self.features(tokens, positions)
+    logits = x @ self.head().astype(x.dtype)
+    return constrain(logits, ("batch", "length", "act_vocab")).astype(jnp.float32)
+
+
+def flops_per_token(cfg: TransformerConfig, seq_len: int) -> float:
+  """Training FLOPs per token: 6 N + attention (PaLM appendix B, forward + backward).
+
+  N counts the parameters used in matrix multiplies (all blocks plus the output
+  projection, whether or not it is tied; the embedding lookup is free). The
+  attention term 12 L H_q d_head T is for full (non-causal-skipping) score and
+  value matmuls, as in PaLM's and MaxText's MFU.
+  """
+  d, L = cfg.d_model, cfg.num_layers
+  attn = d * cfg.num_heads * cfg.qk_dim * 2 + d * cfg.kv_heads * cfg.qk_dim * 2
+  mlp = 3 * d * cfg.hidden_dim
+  matmul_params = L * (attn + mlp) + d * cfg.vocab_size
+  return 6.0 * matmul_params + 12.0 * L * cfg.num_heads * cfg.qk_dim * seq_len
+
+
+# Functional interface: the trainer keeps parameters as a plain nested dict of
+# arrays (what Optax, Orbax and path-routed optimizers want) and merges them into
+# the module only inside jitted functions.
+
+
+def _build(cfg: TransformerConfig, rng) -> Transformer:
+  # Sharding is applied by jit's out_shardings (signflax.parallel), not eagerly.
+  with nnx.use_eager_sharding(False):
+    return Transformer(cfg, rngs=nnx.Rngs(params=rng))
+
+
+def init_params(cfg: TransformerConfig, rng: jax.Array) -> dict:
+  """Initial float32 parameters as a nested dict (jit it with out_shardings)."""
+  return nnx.to_pure_dict(nnx.state(_build(cfg, rng), nnx.Param))
+
+
+def abstract_model(cfg: TransformerConfig):
+  """Returns ``(graphdef, param shapes, param logical axes)`` without allocating.
+
+  ``param shapes`` is a nested dict of ``jax.ShapeDtypeStruct``; ``param
+  logical axes`` has the same structure with a tuple of names per parameter.
+  """
+  model = nnx.eval_shape(lambda: _build(cfg, jax.random.key(0)))
+  graphdef, state = nnx.split(model, nnx.Param)
+  axes = jax.tree.map(lambda v: tuple(v.get_metadata()["out_sharding"]), state,
+                      is_leaf=lambda x: isinstance(x, nnx.Variable))
+  return graphdef, nnx.to_pure_dict(state), nnx.to_pure_dict(axes)
+
+
+def apply(graphdef, params: dict, tokens: jax.Array) -> jax.Array:
+  """Logits ``float32[b, t, vocab]`` of the model ``graphdef`` with ``params``."""
+  return nnx.merge(graphdef, params)(tokens)
+
+
+def apply_features(graphdef, params: dict, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """``(hidden [b, t, d_model] in the compute dtype, head float32[d_model, vocab])``.
+
+  For losses that never hold the whole ``[b, t, vocab]`` logits (see
+  ``signflax.train.loss.linear_cross_entropy``).
+  """
+  model = nnx.merge(graphdef, params)
+  return model.features(tokens), model.head()

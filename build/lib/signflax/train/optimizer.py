@@ -1,0 +1,194 @@
+"""``config.optimizer`` -> an Optax transformation and its learning-rate schedule."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import optax
+
+from signflax import optim
+
+SCHEDULES = ("wsd", "cosine", "constant")
+# Keywords the trainer fills in itself: weight decay from config.optimizer.weight_decay,
+# the masks from the model's logical axes.
+_FROM_TRAINER = ("weight_decay", "weight_decay_mask", "muon_params")
+
+
+def config_keywords(name: str) -> tuple[str, ...]:
+  """The keywords of optimizer ``name`` settable in ``config.optimizer.<name>``."""
+  return tuple(k for k in optim.optimizer_keywords(name) if k not in _FROM_TRAINER)
+
+
+def default_optimizer_config() -> ml_collections.ConfigDict:
+  """The ``config.optimizer`` fields and their defaults.
+
+  Fields:
+    name: one of ``signflax.optim.OPTIMIZERS`` (sgd, momentum, adamw, lion,
+      sign_sgd, signum, muon).
+    learning_rate: the peak learning rate.
+    schedule: "wsd" | "cosine" | "constant", each after ``warmup_steps`` of
+      linear warmup; wsd decays over the last ``decay_fraction`` of the steps
+      with ``decay_shape`` (see ``signflax.optim.wsd_schedule``) to
+      ``final_lr_fraction`` x peak.
+    weight_decay: decoupled, applied to weight matrices only.
+    grad_clip_norm: global-norm clipping, 0 = off (a no-op before a sign).
+    <optimizer name>: one group per optimizer with its own keywords (None = the
+      optimizer's default), e.g. ``adamw.b1`` or ``signum.beta``. Only the group
+      of ``name`` is used, so switching ``--config.optimizer.name`` keeps every
+      optimizer's settings valid.
+  """
+  config = ml_collections.ConfigDict(dict(
+      name="adamw", learning_rate=1e-3, schedule="wsd", warmup_steps=0, decay_fraction=0.2,
+      decay_shape="linear", final_lr_fraction=0.0, weight_decay=0.1, grad_clip_norm=0.0))
+  for name in optim.OPTIMIZERS:
+    config[name] = ml_collections.ConfigDict({k: None for k in config_keywords(name)})
+  return config
+
+
+def check_keyword_groups(opt_config) -> None:
+  """Raises a one-line ValueError for a keyword the group's optimizer does not take.
+
+  Types and ranges of every field are ``signflax.train.schema``'s.
+  """
+  for name in optim.OPTIMIZERS:
+    group = opt_config.get(name) or {}
+    allowed = config_keywords(name)
+    wrong = sorted(k for k in group if k not in allowed)
+    if wrong:
+      raise ValueError(f"config.optimizer.{name}: {', '.join(wrong)} not accepted by "
+                       f"{name!r}; allowed: {', '.join(allowed)}")
+
+
+def check_optimizer(opt_config, total_steps: int) -> None:
+  """Builds the schedule and the optimizer once with plain values, so the library checks
+  every hyperparameter; its error is re-raised naming the config field."""
+  runtime, static = runtime_hyperparams(opt_config, None)
+  try:
+    make_schedule(opt_config, total_steps)
+    optim.get_optimizer(opt_config.name, **runtime, **static)
+  except (ValueError, TypeError) as e:
+    argument, _, message = str(e).partition(": ")
+    group = opt_config.get(opt_config.name) or {}
+    field = (f"{opt_config.name}.{argument}" if argument in group else argument
+             if argument in opt_config else None)
+    if field is None:
+      raise ValueError(f"config.optimizer ({opt_config.name}): {e}") from e
+    raise ValueError(f"config.optimizer.{field}: {message}") from e
+
+
+def make_schedule(opt_config, total_steps: int, peak: float | None = None) -> optax.Schedule:
+  """Warmup-stable-decay (default), warmup + cosine, or warmup + constant.
+
+  ``peak`` overrides ``opt_config.learning_rate``; ``peak=1.0`` gives the
+  schedule's shape, which ``make_optimizer`` scales by the injected peak rates.
+  """
+  peak = opt_config.learning_rate if peak is None else peak
+  warmup = opt_config.warmup_steps
+  end = peak * opt_config.final_lr_fraction
+  if opt_config.schedule == "wsd":
+    return optim.wsd_schedule(peak, total_steps, warmup_steps=warmup,
+                              decay_fraction=opt_config.decay_fraction, end_value=end,
+                              decay_shape=opt_config.decay_shape)
+  if opt_config.schedule == "cosine":
+    return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(total_steps, warmup + 1),
+                                              end_value=end)
+  if not warmup:
+    return optax.constant_schedule(peak)
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup),
+                               optax.constant_schedule(peak)], [warmup])
+
+
+def _is_matrix(axes: tuple[str, ...]) -> bool:
+  """A weight matrix (per layer): two or more axes besides the stacked 'layers' axis."""
+  return sum(a != "layers" for a in axes) >= 2
+
+
+def optimizer_kwargs(opt_config, param_axes: Any) -> dict[str, Any]:
+  """Keyword arguments for ``optim.get_optimizer`` from the config and the model's axes.
+
+  The group ``config.optimizer.<name>`` of the chosen optimizer gives its keywords;
+  entries left at None mean "the optimizer's default". Weight
+  decay applies to matrices only (not norm scales); Muon gets the hidden matrices
+  (no ``vocab`` axis, i.e. not the embedding or head) from the logical axes, so
+  layer-stacked norm scales (``[layers, embed]``, 2-D) are not mistaken for matrices.
+  """
+  group = opt_config.get(opt_config.name) or {}
+  kwargs = {k: v for k, v in dict(group).items() if v is not None}
+  allowed = optim.optimizer_keywords(opt_config.name)
+  kwargs.setdefault("weight_decay", opt_config.weight_decay)
+  is_axes = lambda x: isinstance(x, tuple)
+  if "weight_decay_mask" in allowed:
+    kwargs.setdefault("weight_decay_mask", jax.tree.map(_is_matrix, param_axes, is_leaf=is_axes))
+  if "muon_params" in allowed:
+    kwargs.setdefault("muon_params", jax.tree.map(
+        lambda axes: _is_matrix(axes) and "vocab" not in axes, param_axes, is_leaf=is_axes))
+  return kwargs
+
+
+def _is_rate(name: str) -> bool:
+  return name.endswith("learning_rate")
+
+
+def runtime_hyperparams(opt_config, param_axes: Any) -> tuple[dict[str, float], dict[str, Any]]:
+  """Splits the optimizer's keywords into ``(runtime, static)``.
+
+  Runtime values (floats: peak rates, weight decay, betas, eps; unset ones at the
+  optimizer's default) live in the optimizer state through
+  ``optax.inject_hyperparams``, so runs that differ only in them share one
+  compiled train step. Static values (masks, bools, ints, names) shape the
+  computation itself.
+  """
+  kwargs = optimizer_kwargs(opt_config, param_axes)
+  defaults = inspect.signature(optim.OPTIMIZERS[opt_config.name]).parameters
+  runtime, static = {"learning_rate": float(opt_config.learning_rate)}, {}
+  for name in optim.optimizer_keywords(opt_config.name):
+    value = kwargs.get(name, defaults[name].default)
+    if isinstance(value, float) or (_is_rate(name) and isinstance(value, int)
+                                     and not isinstance(value, bool)):
+      runtime[name] = float(value)
+    elif name in kwargs:
+      static[name] = value
+  return runtime, static
+
+
+def make_optimizer(opt_config, total_steps: int, param_axes: Any
+                   ) -> tuple[optax.GradientTransformation, Callable[[Any], jax.Array]]:
+  r"""Returns ``(tx, applied_learning_rate)``.
+
+  ``tx``: optional global-norm clipping, then the optimizer, wrapped in
+  ``optax.inject_hyperparams`` (see ``runtime_hyperparams``). Every rate (the
+  peak ``learning_rate`` and, for Muon, ``fallback_learning_rate``) is
+  :math:`\eta_t = \eta_{peak} \cdot s(t)` with one schedule shape ``s`` on the
+  optimizer's own step count, so a fallback rate warms up and decays with the
+  main one. ``applied_learning_rate(opt_state)`` is the main rate the next
+  update applies, read from the optimizer's own count: a step skipped by
+  ``nan_policy="skip"`` does not advance it.
+
+  Clipping rescales the whole gradient by one positive factor, so before a sign
+  it changes nothing: sign_sgd's update is identical with or without it. Where a
+  momentum sits before the sign (signum, lion, Muon's momentum) it only reweights
+  steps inside that average; for SGD, momentum and AdamW it bounds the step.
+  """
+  shape = make_schedule(opt_config, total_steps, peak=1.0)
+  runtime, static = runtime_hyperparams(opt_config, param_axes)
+  name, clip_norm = opt_config.name, opt_config.grad_clip_norm
+
+  def build(**hyperparams):
+    rates = {k: (lambda count, peak=v: peak * shape(count)) for k, v in hyperparams.items()
+             if _is_rate(k)}
+    tx = optim.get_optimizer(name, **{**hyperparams, **rates, **static})
+    if clip_norm:
+      tx = optax.chain(optax.clip_by_global_norm(clip_norm), tx)
+    return tx
+
+  build.__signature__ = inspect.Signature(
+      [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY) for k in runtime])
+  tx = optax.inject_hyperparams(build)(**runtime)
+
+  def applied_learning_rate(opt_state) -> jax.Array:
+    return opt_state.hyperparams["learning_rate"] * shape(opt_state.count)
+
+  return tx, applied_learning_rate

@@ -1,0 +1,150 @@
+"""Train state, the sharded train step (with gradient accumulation) and the eval step."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from signflax import model as model_lib
+from signflax import optim
+from signflax import parallel
+from signflax.train import loss as loss_lib
+
+Batch = dict[str, jax.Array]
+
+
+class TrainState(NamedTuple):
+  """Everything a step changes: a plain pytree (Orbax saves it as is)."""
+  step: jax.Array       # int32 scalar
+  params: Any           # nested dict of float32 arrays (see model.init_params)
+  opt_state: Any        # the Optax state
+
+
+def make_loss_fn(graphdef, loss_chunk_len: int = 0) -> Callable[[Any, Batch], jax.Array]:
+  """params, batch -> mean next-token cross entropy (nats).
+
+  ``loss_chunk_len = 0`` builds the whole ``[b, t, vocab]`` logits; ``c > 0`` fuses
+  the output projection into the loss and holds ``[b, c, vocab]`` at a time
+  (``loss.linear_cross_entropy``: same loss and gradients, a fraction of the memory).
+  """
+  def loss_fn(params, batch):
+    if loss_chunk_len:
+      hidden, head = model_lib.apply_features(graphdef, params, batch["inputs"])
+      return loss_lib.linear_cross_entropy(hidden, head, batch["targets"],
+                                           chunk_len=loss_chunk_len)
+    return loss_lib.cross_entropy(model_lib.apply(graphdef, params, batch["inputs"]),
+                                  batch["targets"])
+  return loss_fn
+
+
+def _tree_sum(fn, tree) -> jax.Array:
+  return sum(jnp.sum(fn(x.astype(jnp.float32))) for x in jax.tree.leaves(tree))
+
+
+def _microbatches(batch: Batch, num: int) -> Batch:
+  """[B, T] -> [num, B/num, T], microbatch i holding examples i, i+num, ...
+
+  Interleaving keeps each microbatch spread over every data-parallel shard (a
+  contiguous split would put microbatch 0 on the first devices only).
+  """
+  def split(x):
+    x = x.reshape((x.shape[0] // num, num) + x.shape[1:]).swapaxes(0, 1)
+    return parallel.constrain(x, (None,) + parallel.BATCH_AXES + (None,) * (x.ndim - 3))
+  return jax.tree.map(split, batch)
+
+
+def make_train_step(graphdef, tx: optax.GradientTransformation,
+                    learning_rate_fn: Callable[[Any], jax.Array], *, grad_accum: int = 1,
+                    noise_stats: bool = True, loss_chunk_len: int = 0
+                    ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+  """The (unjitted) train step: state, {inputs, targets} -> new state, scalar metrics.
+
+  With ``grad_accum = A >= 2`` the batch is split into A microbatches run by
+  ``lax.scan``; the step's gradient is their mean. With ``noise_stats`` the A
+  per-microbatch gradients are kept (A x parameter memory) and summarized by
+  ``optim.gradient_noise_stats`` (noise density of Tao et al.). ``loss_chunk_len``:
+  see ``make_loss_fn``. ``learning_rate_fn(opt_state)`` is the rate the update
+  applies (``optimizer.make_optimizer``), logged as ``learning_rate``.
+  """
+  grad_fn = jax.value_and_grad(make_loss_fn(graphdef, loss_chunk_len))
+
+  def train_step(state: TrainState, batch: Batch):
+    metrics = {}
+    if grad_accum == 1:
+      loss, grads = grad_fn(state.params, batch)
+    elif noise_stats:
+      _, (losses, stacked) = jax.lax.scan(
+          lambda c, mb: (c, grad_fn(state.params, mb)), None, _microbatches(batch, grad_accum))
+      loss, grads = jnp.mean(losses), jax.tree.map(lambda g: jnp.mean(g, axis=0), stacked)
+      stats = optim.gradient_noise_stats(stacked)
+      metrics.update({k: v for k, v in stats.items() if k != "per_module"})
+      metrics.update({f"noise_density/{m}": s["noise_density"]
+                      for m, s in stats["per_module"].items()})
+    else:
+      def accumulate(carry, mb):
+        loss, grads = grad_fn(state.params, mb)
+        return jax.tree.map(jnp.add, carry, (loss, grads)), None
+      zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
+      (loss, grads), _ = jax.lax.scan(accumulate, zeros, _microbatches(batch, grad_accum))
+      loss, grads = jax.tree.map(lambda x: x / grad_accum, (loss, grads))
+
+    # Read before the update: the rate this update applies, from the optimizer's own count.
+    learning_rate = learning_rate_fn(state.opt_state)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    num_params = sum(x.size for x in jax.tree.leaves(params))
+    metrics.update(
+        loss=loss,
+        learning_rate=learning_rate,
+        grad_l1=_tree_sum(jnp.abs, grads),
+        grad_l2=jnp.sqrt(_tree_sum(jnp.square, grads)),
+        update_rms=jnp.sqrt(_tree_sum(jnp.square, updates) / num_params),
+        param_l2=jnp.sqrt(_tree_sum(jnp.square, params)),
+    )
+    return TrainState(state.step + 1, params, opt_state), metrics
+
+  return train_step
+
+
+def make_eval_step(graphdef, loss_chunk_len: int = 0) -> Callable[[Any, Batch], jax.Array]:
+  """params, batch -> mean cross entropy of the batch."""
+  return make_loss_fn(graphdef, loss_chunk_len)
+
+
+def init_state(model_config, tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
+  """The initial train state (unjitted; see ``create_sharded_state``)."""
+  params = model_lib.init_params(model_config, rng)
+  return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+
+
+def state_shardings(model_config, tx, mesh: Mesh, param_axes) -> TrainState:
+  """NamedShardings of the train state from the parameters' logical axes."""
+  abstract = jax.eval_shape(lambda: init_state(model_config, tx, jax.random.key(0)))
+  return parallel.state_shardings(abstract, param_axes, mesh)
+
+
+def create_sharded_state(model_config, tx, mesh: Mesh, param_axes, seed: int
+                         ) -> tuple[TrainState, TrainState]:
+  """Initializes the state directly into its shardings; returns (state, shardings)."""
+  shardings = state_shardings(model_config, tx, mesh, param_axes)
+  with jax.set_mesh(mesh):
+    state = jax.jit(lambda rng: init_state(model_config, tx, rng),
+                    out_shardings=shardings)(jax.random.key(seed))
+  return state, shardings
+
+
+def jit_train_step(train_step, mesh: Mesh, shardings: TrainState):
+  """jit with explicit in/out shardings; the input state is donated."""
+  batch = {"inputs": parallel.batch_sharding(mesh), "targets": parallel.batch_sharding(mesh)}
+  return jax.jit(train_step, in_shardings=(shardings, batch),
+                 out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0)
+
+
+def jit_eval_step(eval_step, mesh: Mesh, shardings: TrainState):
+  batch = {"inputs": parallel.batch_sharding(mesh), "targets": parallel.batch_sharding(mesh)}
+  return jax.jit(eval_step, in_shardings=(shardings.params, batch),
+                 out_shardings=parallel.replicated(mesh))
