@@ -36,7 +36,7 @@ from signflax.train import metrics as metrics_lib
 from signflax.train import setup as train_setup
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-# Goals of issue 6 (GPT-2 124M, context 1024, one H100) and the nanoGPT reference it names
+# Speed goals for GPT-2 124M at context 1024 on one H100, and the nanoGPT reference
 # (PyTorch 2.11, torch.compile, bf16 autocast, fused AdamW, same H100).
 GOALS = {("signum", 32): ">= 600k tok/s (~52% MFU)", ("muon", 32): "step <= 1.1x signum's"}
 NANOGPT_TOKENS_PER_S = {12: 438e3, 32: 483e3}

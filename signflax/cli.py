@@ -6,7 +6,8 @@ Config-driven commands (``train``, ``linreg``) share one protocol::
     signflax linreg [--config linreg/data_scaling] --workdir DIR [--config.d=4000 ...]
 
 ``--config`` takes a file path or the name of a config shipped in
-``signflax/configs`` (``lm/tiny``, ``linreg/data_scaling``, ...). The config file exposes ``get_config() -> ml_collections.ConfigDict``; every
+``signflax/configs`` (``lm/tiny``, ``linreg/data_scaling``, ...). The config file
+exposes ``get_config() -> ml_collections.ConfigDict``; every
 ``--config.<dotted.field>=<value>`` override is parsed as a Python literal and
 type-checked against the field it replaces. Each command's module provides
 ``validate(config)`` (raises ``ValueError`` with a one-line message) and
@@ -252,7 +253,8 @@ def _main(argv: Sequence[str] | None) -> int:
   command, rest = argv[0], argv[1:]
   if command in CONFIG_COMMANDS:
     if rest and rest[0] in ("-h", "--help"):
-      print(f"usage: signflax {command} [--config FILE] --workdir DIR [--config.<field>=<value> ...]"
+      print(f"usage: signflax {command} [--config FILE|NAME] --workdir DIR "
+            "[--config.<field>=<value> ...]"
             f"\n  --config: a file or a packaged name (default {CONFIG_COMMANDS[command][1]}); "
             f"packaged: {', '.join(packaged_config_names())}")
       return 0

@@ -248,7 +248,7 @@ _TINY = {
 def test_cli_tiny_run_writes_results(name, tmp_path, capsys):
   from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
   workdir = tmp_path / name
-  code = cli.main(["linreg", "--config", str(REPO / "signflax" / "configs" / "linreg" / f"{name}.py"),
+  code = cli.main(["linreg", "--config", f"linreg/{name}",
                    "--workdir", str(workdir), *_TINY[name]])
   out = capsys.readouterr().out
   assert code == 0

@@ -1,5 +1,11 @@
 """Mesh, logical->mesh rules, and the sharded step equal to the one-device step."""
 
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -100,3 +106,27 @@ def test_sharded_step_equals_single_device(name, grad_accum, loss_chunk_len):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   if grad_accum > 1:
     np.testing.assert_allclose(metrics["noise_density"], ref_metrics["noise_density"], rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_two_processes_reject_a_mesh_whose_batch_axes_do_not_span_them(tmp_path):
+  """2 processes x 1 device with tensor=2: each process would feed rows nobody reads."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
+         "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+         "PYTHONPATH": str(pathlib.Path(__file__).resolve().parent.parent)}
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "signflax.cli", "train", "--workdir", str(tmp_path / "run"),
+       "--config.mesh.tensor=2", f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+       "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}"],
+      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  for proc in procs:
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("signflax train: error: config.mesh:")
+    assert "tensor': 2" in lines[0] and "2 processes (1 device(s) each)" in lines[0]
+  assert not (tmp_path / "run").exists()

@@ -4,6 +4,7 @@ import json
 import pathlib
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -11,11 +12,13 @@ from signflax import cli
 from signflax import model as model_lib
 from signflax import optim
 from signflax.train import optimizer as optimizer_lib
+from signflax.train import preemption
 from signflax.train import setup as setup_lib
 from signflax.train import step as step_lib
 from signflax.train import trainer
 
-TINY_CONFIG = pathlib.Path(__file__).resolve().parent.parent / "signflax" / "configs" / "lm" / "tiny.py"
+TINY_CONFIG = (pathlib.Path(__file__).resolve().parent.parent / "signflax" / "configs" / "lm"
+               / "tiny.py")
 
 
 def small_config(**overrides):
@@ -176,3 +179,88 @@ def test_accumulation_paths_agree():
   assert "noise_density" in others[1][1] and "noise_density" not in others[0][1]
   evals = [jax.jit(step_lib.make_eval_step(graphdef, c))(state.params, batch) for c in (0, 2)]
   np.testing.assert_allclose(evals[1], evals[0], rtol=1e-6)
+
+
+def _tiny_model():
+  cfg = model_lib.TransformerConfig(vocab_size=64, num_layers=1, d_model=32, num_heads=2,
+                                    max_seq_len=8)
+  return (cfg,) + model_lib.abstract_model(cfg)
+
+
+def test_muon_fallback_rate_follows_the_schedule():
+  """The AdamW fallback's rate warms up and decays with the Muon rate, at its own peak."""
+  opt = small_config(**{"optimizer.name": "muon", "optimizer.learning_rate": 0.02,
+                        "optimizer.warmup_steps": 4, "optimizer.decay_fraction": 0.4,
+                        "optimizer.weight_decay": 0.0,
+                        "optimizer.muon.fallback_learning_rate": 0.01}).optimizer
+  params = {"w": jnp.ones((4, 4)), "b": jnp.ones((4,))}
+  axes = {"w": ("embed", "mlp"), "b": ("embed",)}
+  tx, _ = optimizer_lib.make_optimizer(opt, 10, axes)
+  shape = optimizer_lib.make_schedule(opt, 10, peak=1.0)
+  state = tx.init(params)
+  grads = {"w": jnp.ones((4, 4)), "b": jnp.ones((4,))}
+  update = jax.jit(tx.update)
+  rates = []
+  for _ in range(10):  # constant gradient: Adam's bias-corrected step is exactly the rate
+    updates, state = update(grads, state, params)
+    rates.append(float(-updates["b"][0]))
+  expected = [0.01 * float(shape(t)) for t in range(10)]
+  np.testing.assert_allclose(rates, expected, rtol=1e-4, atol=1e-9)
+  assert rates[0] == 0.0 and rates[-1] < rates[5]  # warmup from 0, then decay
+
+
+def test_logged_learning_rate_is_the_applied_one_after_skipped_steps():
+  """nan_policy="skip" keeps the optimizer's count while the step counter moves on."""
+  cfg, graphdef, _, axes = _tiny_model()
+  opt = small_config(**{"optimizer.name": "sign_sgd", "optimizer.weight_decay": 0.0,
+                        "optimizer.warmup_steps": 6}).optimizer
+  tx, learning_rate_fn = optimizer_lib.make_optimizer(opt, 12, axes)
+  train_step = step_lib.make_train_step(graphdef, tx, learning_rate_fn, grad_accum=1)
+
+  def poisoned(state, batch):  # a step whose loss comes out NaN when the batch says so
+    new, metrics = train_step(state, {k: batch[k] for k in ("inputs", "targets")})
+    return new, {**metrics, "loss": jnp.where(batch["poison"], jnp.nan, metrics["loss"])}
+
+  step = jax.jit(preemption.guard_nonfinite(poisoned))
+  state = step_lib.init_state(cfg, tx, jax.random.key(0))
+  tokens = np.random.default_rng(0).integers(0, 64, (4, 9)).astype(np.int32)
+  for i in range(9):
+    poison = i in (1, 2, 3)
+    new, metrics = step(state, {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
+                                "poison": poison})
+    if not poison:  # sign_sgd moves every coordinate with a gradient by exactly the rate
+      applied = max(float(jnp.max(jnp.abs(a - b)))
+                    for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(state.params)))
+      np.testing.assert_allclose(applied, float(metrics["learning_rate"]), rtol=1e-3)
+    state = new
+  assert int(state.step) == 9 and int(state.opt_state.count) == 6
+
+
+_COMPILES = []
+jax.monitoring.register_event_duration_secs_listener(
+    lambda event, duration, **kw: _COMPILES.append(event)
+    if event == "/jax/core/compile/backend_compile_duration" else None)
+
+
+@pytest.mark.slow
+def test_runs_differing_only_in_runtime_values_share_one_compiled_step():
+  """Learning rate, weight decay, betas and seed live in the state: one compile for all."""
+  points = [{"optimizer.learning_rate": 1e-2}, {"optimizer.learning_rate": 3e-3},
+            {"optimizer.learning_rate": 1e-3, "optimizer.adamw.b1": 0.8, "train.seed": 1}]
+  compiles, steps, rates = [], [], []
+  for point in points:
+    config = small_config(**{"train.grad_accum": 1, "model.num_layers": 1, **point})
+    run = setup_lib.setup(config)
+    with jax.set_mesh(run.mesh):
+      state = run.init_state()
+      rates.append(float(state.opt_state.hyperparams["learning_rate"]))  # before donation
+      tokens = np.zeros((16, 32), np.int32)
+      batch = {k: jax.device_put(tokens, run.batch_sharding) for k in ("inputs", "targets")}
+      before = len(_COMPILES)
+      _, metrics = run.train_step(state, batch)
+      jax.block_until_ready(metrics)
+    compiles.append(len(_COMPILES) - before)
+    steps.append(run.train_step)
+  assert compiles[0] >= 1 and compiles[1:] == [0] * (len(points) - 1), compiles
+  assert all(s is steps[0] for s in steps)
+  assert rates[:3] == pytest.approx([1e-2, 3e-3, 1e-3])  # each run's own peak, at runtime

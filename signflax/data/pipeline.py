@@ -19,7 +19,6 @@ order gives exactly the one-process batch. Every stage is a ``grain.MapDataset``
 
 from __future__ import annotations
 
-import math
 import os
 
 import grain

@@ -154,3 +154,12 @@ def _loss_chunks_divide(config) -> str | None:
     return (f"config.train.global_batch_size: {t.global_batch_size} is not divisible by "
             f"config.train.grad_accum={t.grad_accum}")
   return None
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """A whole train config at every group's defaults (the tiny CPU job)."""
+  return ml_collections.ConfigDict(dict(
+      model=default_model_config(), optimizer=optimizer_lib.default_optimizer_config(),
+      data=data_pipeline.default_data_config(), mesh=default_mesh_config(),
+      train=default_train_config(),
+      checkpoint=default_checkpoint_config(), distributed=default_distributed_config()))

@@ -15,7 +15,6 @@ process (``signflax.train.optimizer.runtime_hyperparams``).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 from typing import Any, Callable
 
@@ -87,10 +86,16 @@ def _static_key(config, noise_stats: bool) -> str:
   return json.dumps(plain, sort_keys=True)
 
 
-@functools.lru_cache(maxsize=16)
+_STEPS: dict[tuple[str, Mesh], tuple[Callable, Callable]] = {}
+
+
 def _jitted_steps(key: str, mesh: Mesh, build: Callable) -> tuple[Callable, Callable]:
-  del key, mesh  # the cache key; ``build`` is only called on a miss
-  return build()
+  """The jitted (train, eval) steps of a static config; ``build`` runs on a miss only."""
+  if (key, mesh) not in _STEPS:
+    if len(_STEPS) >= 16:  # a long sweep over static values: keep memory bounded
+      _STEPS.pop(next(iter(_STEPS)))
+    _STEPS[key, mesh] = build()
+  return _STEPS[key, mesh]
 
 
 def setup(config, *, vocab_size: int | None = None, noise_stats: bool | None = None) -> Run:

@@ -7,7 +7,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from signflax import model as model_lib
 from signflax import optim
@@ -58,7 +58,8 @@ def _microbatches(batch: Batch, num: int) -> Batch:
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation,
-                    learning_rate_fn: Callable[[Any], jax.Array], *, grad_accum: int = 1, noise_stats: bool = True, loss_chunk_len: int = 0
+                    learning_rate_fn: Callable[[Any], jax.Array], *, grad_accum: int = 1,
+                    noise_stats: bool = True, loss_chunk_len: int = 0
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
   """The (unjitted) train step: state, {inputs, targets} -> new state, scalar metrics.
 

@@ -298,15 +298,15 @@ def _resume_config_error(saved: dict | None, config, allow_change: bool
   return None, changes
 
 
-def _restore(run_: setup_lib.Run, ckpt, workdir, allow_change: bool):
+def _restore(job: setup_lib.Run, ckpt, workdir, allow_change: bool):
   """(restored or None, config changes or None); raises ValueError (exit 2) for a
   checkpoint or config change this run cannot take."""
-  config = run_.config
+  config = job.config
   saved = recovery.read_saved_config(workdir) if ckpt.all_steps() else None
   labels = ((saved or {}).get("optimizer", {}).get("name", "saved"), config.optimizer.name)
   if ckpt.all_steps():  # the saved tree names a changed optimizer best: check it first
     try:
-      ckpt.check_compatible(ckpt.all_steps()[-1], run_.abstract_state, labels)
+      ckpt.check_compatible(ckpt.all_steps()[-1], job.abstract_state, labels)
     except checkpoint_lib.IncompatibleCheckpointError:
       raise
     except Exception:  # noqa: BLE001 - unreadable: restore_latest classifies it
@@ -314,7 +314,7 @@ def _restore(run_: setup_lib.Run, ckpt, workdir, allow_change: bool):
   error, changes = _resume_config_error(saved, config, allow_change)
   if error:
     raise ValueError(error)
-  return ckpt.restore_latest(run_.abstract_state, labels), changes
+  return ckpt.restore_latest(job.abstract_state, labels), changes
 
 
 def _with_config_hyperparams(state, config, param_axes):
@@ -387,13 +387,13 @@ def _run(config, workdir, stopper, stack, allow_config_change) -> int:
   is_main = jax.process_index() == 0
   tokenizer = data_lib.build_tokenizer(config.data)
   start = time.monotonic()
-  run_ = setup_lib.setup(config, vocab_size=tokenizer.vocab_size)
+  job = setup_lib.setup(config, vocab_size=tokenizer.vocab_size)
   _warn_if_disk_short(workdir, sum(x.size * x.dtype.itemsize
-                                   for x in jax.tree.leaves(run_.abstract_state)))
-  stack.enter_context(jax.set_mesh(run_.mesh))
+                                   for x in jax.tree.leaves(job.abstract_state)))
+  stack.enter_context(jax.set_mesh(job.mesh))
   ckpt = _checkpointer(config, workdir)
   try:
-    restored, changes = _restore(run_, ckpt, workdir, allow_config_change)
+    restored, changes = _restore(job, ckpt, workdir, allow_config_change)
   except checkpoint_lib.TransientCheckpointError as e:
     print(f"signflax train: error: {e}", file=sys.stderr, flush=True)
     return 1
@@ -404,8 +404,8 @@ def _run(config, workdir, stopper, stack, allow_config_change) -> int:
          f">= config.train.steps={t.steps}")
     ckpt.close()
     return 0
-  state = (run_.init_state() if restored is None
-           else _with_config_hyperparams(restored.state, config, run_.param_axes))
+  state = (job.init_state() if restored is None
+           else _with_config_hyperparams(restored.state, config, job.param_axes))
 
   # Only now is the workdir written to: every check that could refuse the run has passed.
   guard = recovery.StartGuard(workdir) if restored is None else None
@@ -418,7 +418,7 @@ def _run(config, workdir, stopper, stack, allow_config_change) -> int:
       _record_config(workdir, config, restored, changes)
     writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
     writer.restart(int(state.step))  # every start: each step appears once in the logs
-    code = _train(run_, workdir, state, restored, ckpt, writer, stopper, tokenizer, start)
+    code = _train(job, workdir, state, restored, ckpt, writer, stopper, tokenizer, start)
   except _Stopped:
     code, stopped_early = stopper.exit_code, True
     name = signal.Signals(stopper.received).name if stopper.received else "a signal"
@@ -442,14 +442,14 @@ def _run(config, workdir, stopper, stack, allow_config_change) -> int:
   return code
 
 
-def _train(run_, workdir, state, restored, ckpt, writer, stopper, tokenizer, start) -> int:
+def _train(job, workdir, state, restored, ckpt, writer, stopper, tokenizer, start) -> int:
   """Compiles, evaluates and runs the loop; returns the exit code. Raises _Stopped for
   a signal before the first step, CheckpointSaveError for a failed save."""
-  config, t = run_.config, run_.config.train
-  model = run_.model
-  _log(f"model: {run_.num_params / 1e6:.2f}M params, {model.num_layers} layers x "
+  config, t = job.config, job.config.train
+  model = job.model
+  _log(f"model: {job.num_params / 1e6:.2f}M params, {model.num_layers} layers x "
        f"{model.d_model} wide, vocab {model.vocab_size}, {model.dtype} compute | mesh "
-       f"{dict(run_.mesh.shape)} on {jax.device_count()} x {jax.devices()[0].device_kind}")
+       f"{dict(job.mesh.shape)} on {jax.device_count()} x {jax.devices()[0].device_kind}")
   if restored is not None:
     _log(f"resumed from the checkpoint at step {restored.step} in {ckpt.directory}")
   unigram = data_lib.unigram_entropy(config.data, split="eval")
@@ -463,25 +463,25 @@ def _train(run_, workdir, state, restored, ckpt, writer, stopper, tokenizer, sta
   if restored is not None:
     train_iter.set_state(restored.extra["data"])
   # Compile ahead of time, so compile_time_s is the compile alone.
-  train_step = run_.train_step.lower(state, run_.abstract_batch()).compile()
+  train_step = job.train_step.lower(state, job.abstract_batch()).compile()
   compile_s = time.monotonic() - start
   first_step = int(state.step)
   _log(f"compiled in {compile_s:.1f}s")
   if stopper.should_stop(first_step, now=True):
     raise _Stopped()
-  evaluate = Evaluator(run_)
+  evaluate = Evaluator(job)
   eval_loss = evaluate(state.params)
   if stopper.should_stop(first_step, now=True):
     raise _Stopped()
   record = {"eval_loss": eval_loss, "eval_unigram_entropy": unigram,
-            "num_params": int(run_.num_params), "compile_time_s": compile_s}
+            "num_params": int(job.num_params), "compile_time_s": compile_s}
   if restored is not None:
     record["resumed_from_step"] = int(restored.step)
   writer.write(first_step, record)
   _log(f"step {first_step} eval loss {eval_loss:.4f}")
 
   train_start = time.monotonic()
-  loop = _Loop(run_, train_step, train_iter, evaluate, writer, ckpt, stopper)
+  loop = _Loop(job, train_step, train_iter, evaluate, writer, ckpt, stopper)
   try:
     state, last, preempted = _train_loop(
         loop, state, restored.extra.get("loop", {}) if restored else {})

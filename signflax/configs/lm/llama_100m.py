@@ -12,33 +12,12 @@ and the data to a real corpus. bfloat16 compute, FSDP over every device.
 
 import ml_collections
 
-from signflax.data import default_data_config
-from signflax.train.optimizer import default_optimizer_config
+from signflax.configs.lm._base_1024 import get_base_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
-  config.model = ml_collections.ConfigDict(dict(
-      vocab_size=None, num_layers=12, d_model=768, num_heads=12, num_kv_heads=None,
-      head_dim=None, mlp_dim=2048, max_seq_len=1024, rope_theta=10_000.0, norm_eps=1e-6,
-      tie_embeddings=True, dtype="bfloat16", attention_impl="auto", remat="dots",
-      init_std=0.02,
-  ))
-  config.optimizer = default_optimizer_config()
-  config.optimizer.update(dict(
-      name="adamw", learning_rate=5e-4, schedule="wsd", warmup_steps=1000, decay_fraction=0.2,
-      decay_shape="linear", final_lr_fraction=0.0, weight_decay=0.1, grad_clip_norm=0.0))
-  config.optimizer.adamw.update(dict(b1=0.9, b2=0.95))
-  config.data = default_data_config()
-  config.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
-  config.train = ml_collections.ConfigDict(dict(
-      steps=20_000, global_batch_size=256, seq_len=1024, grad_accum=4, noise_stats=True,
-      loss_chunk_len=256, seed=0, log_every=50, eval_every=1000, eval_batches=20,
-      compilation_cache_dir=None,
-  ))
-  config.checkpoint = ml_collections.ConfigDict(dict(
-      every_steps=1000, keep=3, keep_period=5000, async_save=True, nan_policy="stop",
-      preemption_check_every=10, checksum=True, restore_tries=3, retry_delay_s=1.0))
-  config.distributed = ml_collections.ConfigDict(dict(
-      coordinator_address=None, num_processes=None, process_id=None, auto=True))
+  config = get_base_config()
+  config.model.update(dict(vocab_size=None, remat="dots"))
+  config.optimizer.update(dict(learning_rate=5e-4, warmup_steps=1000, grad_clip_norm=0.0))
+  config.train.update(dict(global_batch_size=256, grad_accum=4))
   return config
