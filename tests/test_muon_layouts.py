@@ -282,9 +282,12 @@ def test_gemma_like_nnx_model_explicit_mesh_equals_one_device():
   from flax import nnx
 
   class Gemma(nnx.Module):
-    def __init__(self):
-      for i, (name, (shape, _)) in enumerate(GEMMA_SPECS.items()):
-        setattr(self, name, nnx.Param(0.3 * normal(i, shape) + (name == "final_norm")))
+    def __init__(self, mesh):
+      for i, (name, (shape, spec)) in enumerate(GEMMA_SPECS.items()):
+        value = 0.3 * normal(i, shape) + (name == "final_norm")
+        if mesh is not None:
+          value = jax.device_put(value, NamedSharding(mesh, spec))
+        setattr(self, name, nnx.Param(value))
 
     def __call__(self, tokens):
       # Weights are gathered for the forward pass: the optimizer is under test, not the
@@ -304,11 +307,7 @@ def test_gemma_like_nnx_model_explicit_mesh_equals_one_device():
   tokens = jax.random.randint(jax.random.key(0), (4, 9), 0, 32)
 
   def train(mesh):
-    model = Gemma()
-    for name, (_, spec) in GEMMA_SPECS.items():
-      if mesh is not None:
-        param = getattr(model, name)
-        param.value = jax.device_put(param.value, NamedSharding(mesh, spec))
+    model = Gemma(mesh)
     tx = sfo.muon(0.02, dimension_numbers=GEMMA_DIMS, fallback_learning_rate=3e-3, **F32)
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
 
