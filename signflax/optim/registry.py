@@ -71,8 +71,8 @@ def get_optimizer(name: str, learning_rate: optax.ScalarOrSchedule,
   keyword raises a ValueError listing the valid ones.
 
   ``optax.inject_hyperparams(get_optimizer)(name="signum", learning_rate=sched,
-  kwargs=dict(beta=0.95))`` works and injects ``learning_rate`` only: the wrapper cannot
-  see inside ``**kwargs``, so it hands them over as one dict named ``kwargs``. To inject
+  beta=0.95)`` works and injects ``learning_rate`` only: the wrapper cannot see inside
+  ``**kwargs``, so it hands them over unchanged as one dict named ``kwargs``. To inject
   the others too, wrap the optimizer itself: ``optax.inject_hyperparams(OPTIMIZERS[name])``.
   """
   if name not in OPTIMIZERS:

@@ -14,7 +14,7 @@ from signflax import optim
 SCHEDULES = ("wsd", "cosine", "constant")
 # Keywords the trainer fills in itself: weight decay from config.optimizer.weight_decay,
 # the masks from the model's logical axes.
-_FROM_TRAINER = ("weight_decay", "weight_decay_mask", "muon_params")
+_FROM_TRAINER = ("weight_decay", "weight_decay_mask", "muon_params", "dimension_numbers")
 
 
 def config_keywords(name: str) -> tuple[str, ...]:
@@ -125,6 +125,8 @@ def optimizer_kwargs(opt_config, param_axes: Any) -> dict[str, Any]:
   if "muon_params" in allowed:
     kwargs.setdefault("muon_params", jax.tree.map(
         lambda axes: _is_matrix(axes) and "vocab" not in axes, param_axes, is_leaf=is_axes))
+  if "dimension_numbers" in allowed:  # which axes form each matrix, from the same names
+    kwargs.setdefault("dimension_numbers", optim.dims_from_logical_axes(param_axes))
   return kwargs
 
 
