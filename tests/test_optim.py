@@ -520,3 +520,64 @@ def test_muon_under_auto_mesh_needs_no_collectives_per_iteration():
     ref, _ = tx.update(grads, tx.init(params))
     assert_trees_close(results[-1], ref, rtol=1e-5, atol=1e-5)
   assert counts[0] == counts[1] <= 2 * len(params), counts  # one re-layout in, one out
+
+
+# --- every hyperparameter checked -----------------------------------------------------------
+
+BAD_HYPERPARAMETERS = [  # (build, exception, argument)
+    (lambda: sfo.adamw(1e-3, eps=-1e-8), ValueError, "eps"),
+    (lambda: sfo.adamw(1e-3, eps=float("nan")), ValueError, "eps"),
+    (lambda: sfo.adamw(1e-3, b1="0.9"), TypeError, "b1"),
+    (lambda: sfo.adamw(1e-3, nesterov="yes"), TypeError, "nesterov"),
+    (lambda: sfo.adamw(1e-3, mu_dtype="int8"), TypeError, "mu_dtype"),
+    (lambda: sfo.adamw(1e-3, weight_decay_mask="kernel"), TypeError, "weight_decay_mask"),
+    (lambda: sfo.adamw(1e-3, weight_decay_mask={"w": 1.0}), TypeError, "weight_decay_mask"),
+    (lambda: sfo.lion(1e-3, b2=float("inf")), ValueError, "b2"),
+    (lambda: sfo.sign_sgd(float("inf")), ValueError, "learning_rate"),
+    (lambda: sfo.sign_sgd(True), TypeError, "learning_rate"),
+    (lambda: sfo.sgd(1e-3, weight_decay=float("inf")), ValueError, "weight_decay"),
+    (lambda: sfo.signum(1e-3, beta="0.9"), TypeError, "beta"),
+    (lambda: sfo.signum(1e-3, nesterov=1), TypeError, "nesterov"),
+    (lambda: sfo.momentum(1e-3, nesterov=None), TypeError, "nesterov"),
+    (lambda: sfo.muon(1e-3, steps=2.5), ValueError, "steps"),
+    (lambda: sfo.muon(1e-3, ns_dtype="int32"), TypeError, "ns_dtype"),
+    (lambda: sfo.muon(1e-3, rms_target=-1.0), ValueError, "rms_target"),
+    (lambda: sfo.muon(1e-3, coeffs=np.full((5, 3), np.inf)), ValueError, "coeffs"),
+    (lambda: sfo.muon(1e-3, fallback_learning_rate=float("nan")), ValueError,
+     "fallback_learning_rate"),
+    (lambda: sfo.muon(1e-3, muon_params="hidden"), TypeError, "muon_params"),
+    (lambda: sfo.wsd_schedule(float("inf"), 100), ValueError, "peak_value"),
+    (lambda: sfo.wsd_schedule(1.0, 100, end_value="0"), TypeError, "end_value"),
+    (lambda: sfo.wsd_schedule(1.0, 100.0), ValueError, "total_steps"),
+    (lambda: sfo.batch_scaled_learning_rate(float("inf"), 4, 2, "sqrt"), ValueError, "base_lr"),
+]
+
+
+@pytest.mark.parametrize("build,error,field", BAD_HYPERPARAMETERS)
+def test_every_hyperparameter_is_checked(build, error, field):
+  with pytest.raises(error, match=f"^{field}: ") as info:
+    build()
+  assert "\n" not in str(info.value)
+
+
+def test_traced_hyperparameters_pass_through():
+  params = {"w": jnp.ones((4, 8))}
+
+  @jax.jit
+  def update(lr, b1, eps):
+    tx = sfo.adamw(lr, b1=b1, eps=eps)
+    return tx.update(params, tx.init(params), params)[0]
+
+  assert np.all(np.isfinite(update(1e-3, 0.9, 1e-8)["w"]))
+
+
+def test_public_modules_and_reexports():
+  import importlib
+  with pytest.raises(ModuleNotFoundError):
+    importlib.import_module("signflax.optim.muon")
+  assert sfo.scale_by_sign is optax.scale_by_sign
+  from signflax.optim import registry
+  assert registry.OPTIMIZERS is sfo.OPTIMIZERS and registry.get_optimizer is sfo.get_optimizer
+  path = jax.tree_util.tree_flatten_with_path({"a": [{"b": 1}]})[0][0][0]
+  assert sfo.path_name(path) == "a/0/b" and sfo.path_name(path, ".") == "a.0.b"
+  assert sfo.batch_scale_factor(np.array([4, 16]), 4, "sqrt").tolist() == [1.0, 2.0]

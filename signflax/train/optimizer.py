@@ -13,7 +13,7 @@ from signflax import optim
 SCHEDULES = ("wsd", "cosine", "constant")
 # Keywords the trainer fills in itself: weight decay from config.optimizer.weight_decay,
 # the masks from the model's logical axes.
-_FROM_TRAINER = ("weight_decay", "weight_decay_mask", "muon_params")
+_FROM_TRAINER = ("weight_decay", "weight_decay_mask", "muon_params", "dimension_numbers")
 _SHARED_FIELDS = ("name", "learning_rate", "schedule", "warmup_steps", "decay_fraction",
                   "decay_shape", "final_lr_fraction", "weight_decay", "grad_clip_norm")
 
@@ -119,9 +119,8 @@ def optimizer_kwargs(opt_config, param_axes: Any) -> dict[str, Any]:
   is_axes = lambda x: isinstance(x, tuple)
   if "weight_decay_mask" in allowed:
     kwargs.setdefault("weight_decay_mask", jax.tree.map(_is_matrix, param_axes, is_leaf=is_axes))
-  if "muon_params" in allowed:
-    kwargs.setdefault("muon_params", jax.tree.map(
-        lambda axes: _is_matrix(axes) and "vocab" not in axes, param_axes, is_leaf=is_axes))
+  if "dimension_numbers" in allowed:
+    kwargs.setdefault("dimension_numbers", optim.dims_from_logical_axes(param_axes))
   return kwargs
 
 
