@@ -143,6 +143,27 @@ def test_masked_node_walk_from_docstring():
   assert any(is_masked(x) for x in nodes)
   shapes = [x.shape for x in nodes if not is_masked(x)]
   assert (4, 4) in shapes and (4,) in shapes
+  walked = [(sfo.path_name(p), x.shape) for p, x in jax.tree.leaves_with_path(state)]
+  assert sorted(shape for _, shape in walked) == sorted(shapes)
+
+
+def test_readme_dims_by_path_snippet():
+  dims = sfo.dims_by_path({
+      r"linear2": None,
+      r"(query|key|value)/kernel": sfo.MuonDims(0, (1, 2)),
+      r"attention/out/kernel": sfo.MuonDims((0, 1), 2),
+      r"conv\w*/kernel": lambda leaf: sfo.conv_dims(leaf.ndim),
+  })
+  params = {"conv1": {"kernel": normal(0, (3, 3, 4, 8))}, "linear2": {"kernel": normal(1, (8, 10))},
+            "attention": {"query": {"kernel": normal(2, (8, 2, 4))},
+                          "out": {"kernel": normal(3, (2, 4, 8))}},
+            "linear1": {"kernel": normal(4, (8, 8)), "bias": normal(5, (8,))}}
+  labels = sfo.muon_labels(params, dimension_numbers=dims)
+  assert labels["linear2"]["kernel"] == "fallback" and labels["linear1"]["bias"] == "fallback"
+  assert labels["conv1"]["kernel"] == labels["attention"]["out"]["kernel"] == "muon"
+  u = muon_update(sfo.muon(1.0, dimension_numbers=dims, **F32), params)
+  np.testing.assert_allclose(u["conv1"]["kernel"], -expected(params["conv1"]["kernel"], 36, 8),
+                             rtol=1e-4, atol=1e-5)
 
 
 # --- inject_hyperparams and dtypes ----------------------------------------------------------

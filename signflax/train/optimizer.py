@@ -119,7 +119,10 @@ def optimizer_kwargs(opt_config, param_axes: Any) -> dict[str, Any]:
   is_axes = lambda x: isinstance(x, tuple)
   if "weight_decay_mask" in allowed:
     kwargs.setdefault("weight_decay_mask", jax.tree.map(_is_matrix, param_axes, is_leaf=is_axes))
-  if "dimension_numbers" in allowed:
+  if "muon_params" in allowed:
+    kwargs.setdefault("muon_params", jax.tree.map(
+        lambda axes: _is_matrix(axes) and "vocab" not in axes, param_axes, is_leaf=is_axes))
+  if "dimension_numbers" in allowed:  # which axes form each matrix, from the same names
     kwargs.setdefault("dimension_numbers", optim.dims_from_logical_axes(param_axes))
   return kwargs
 
