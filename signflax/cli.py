@@ -47,6 +47,7 @@ CONFIG_COMMANDS = {
 PLAIN_COMMANDS = {
     "prepare-data": ("signflax.data.prepare",
                      "tokenize text files into ArrayRecord shards for training"),
+    "export": ("signflax.train.export", "write a checkpoint's parameters to an .npz file"),
 }
 
 
