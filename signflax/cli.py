@@ -43,6 +43,10 @@ CONFIG_COMMANDS = {
 PLAIN_COMMANDS = {
     "prepare-data": ("signflax.data.prepare",
                      "tokenize text files into ArrayRecord shards for training"),
+    "sweep": ("signflax.experiments.sweep",
+              "run a grid of trainer runs (configs/sweeps/*.py); --list, --point i"),
+    "fit": ("signflax.experiments.fits",
+            "fit a scaling law to a sweep: --sweep DIR --law collapse|predict|..."),
 }
 
 

@@ -11,6 +11,8 @@ from typing import Mapping, TextIO
 
 import jax
 
+from signflax.tensorboard_extras import tensorboard_tag
+
 # Peak dense bf16 FLOP/s per device (vendor datasheets), matched as a lower-case
 # substring of ``jax.Device.device_kind``; the first match wins. CPUs have no entry.
 PEAK_BF16_FLOPS = (
@@ -112,7 +114,7 @@ class MetricWriter:
                                     for k, v in metrics.items()}}
     self._jsonl.write(json.dumps(record) + "\n")
     self._jsonl.flush()
-    self._events.scalars(step, metrics)
+    self._events.scalars(step, {tensorboard_tag(k): v for k, v in metrics.items()})
 
   def resume(self, step: int) -> None:
     """Marks a restart from the checkpoint at ``step``.

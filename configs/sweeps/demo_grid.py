@@ -1,0 +1,31 @@
+"""CPU demo of the `batch`, `phase` and `data_scaling` laws (Fig. 6a/6b, Fig. 7).
+
+sign_sgd and sgd over B in {4, 8, 16, 32} x five learning rates at a fixed token
+budget (D = 65,536 tokens: 256 steps at B=4 down to 32 at B=32). The learning
+rate axis is in the theory's coordinates: gamma multiplies each family's rate at
+B=8, moved to B by the square-root rule (sign_sgd) or the linear rule (sgd).
+Constant learning rates make every curve a run at each smaller budget too, so
+`data_scaling` takes the best loss over (eta, B) at several D from the curves.
+
+    signflax sweep --config configs/sweeps/demo_grid.py --workdir runs/sweeps/grid
+    signflax fit --sweep runs/sweeps/grid --law batch
+    signflax fit --sweep runs/sweeps/grid --law phase
+    signflax fit --sweep runs/sweeps/grid --law data_scaling
+"""
+
+import ml_collections
+
+from signflax.experiments.sweep import base_config
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.base = base_config("sweeps/demo_base.py")
+  config.base.checkpoint.every_steps = 0  # only at the end: these runs are short
+  config.product = [("optimizer.name", ["sign_sgd", "sgd"]),
+                    ("train.global_batch_size", [4, 8, 16, 32]),
+                    ("gamma", [0.125, 0.5, 2.0, 8.0, 32.0]),
+                    ("tokens", [65_536])]
+  config.gamma_rules = {"sign_sgd": ("sqrt", 1e-3), "sgd": ("linear", 0.1)}
+  config.gamma_base_batch_size = 8
+  return config
