@@ -54,6 +54,9 @@ from typing import Any, NamedTuple, Sequence
 import ml_collections
 
 PSEUDO_FIELDS = ("gamma", "tokens")
+# compilation_cache: a directory shared by several sweeps (default DIR/.jax_cache)
+SWEEP_FIELDS = ("base", "product", "zip", "gamma_rules", "gamma_base_batch_size",
+                "compilation_cache")
 RULES = ("sqrt", "linear")
 FINAL = ("done", "diverged")  # statuses a rerun does not repeat
 _CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
@@ -171,11 +174,10 @@ def expand(config) -> list[Point]:
   if "base" not in config or not isinstance(config.base, ml_collections.ConfigDict):
     raise ValueError("config.base: missing; a sweep config needs a base trainer config "
                      "(e.g. base_config('lm/tiny.py'))")
-  unknown = sorted(set(config.keys()) - {"base", "product", "zip", "gamma_rules",
-                                         "gamma_base_batch_size", "fits"})
+  unknown = sorted(set(config.keys()) - set(SWEEP_FIELDS))
   if unknown:
-    raise ValueError(f"config: unknown field(s) {', '.join(unknown)}; fields: base, product, "
-                     "zip, gamma_rules, gamma_base_batch_size, fits")
+    raise ValueError(f"config: unknown field(s) {', '.join(unknown)}; fields: "
+                     f"{', '.join(SWEEP_FIELDS)}")
   product, zipped = _axes(config, "product"), _axes(config, "zip")
   if not product and not zipped:
     raise ValueError("config.product: no axes; give config.product and/or config.zip")
@@ -407,11 +409,10 @@ def run(config, workdir: str, *, point: int | None = None) -> int:
     return 2
   workdir.mkdir(parents=True, exist_ok=True)
   _atomic_write(workdir / "sweep_config.json", json.dumps(
-      {"points": [{"index": p.index, "id": p.id, "values": p.values} for p in points],
-       "fits": config.get("fits", ml_collections.ConfigDict()).to_dict()
-       if isinstance(config.get("fits"), ml_collections.ConfigDict) else {}},
+      {"points": [{"index": p.index, "id": p.id, "values": p.values} for p in points]},
       indent=1) + "\n")
-  enable_compilation_cache(workdir / ".jax_cache")
+  enable_compilation_cache(pathlib.Path(config.get("compilation_cache")
+                                        or workdir / ".jax_cache"))
   counter = CompileCounter.get()
   selected = points if point is None else [points[point]]
   done = load_records(workdir)
