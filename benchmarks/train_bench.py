@@ -6,7 +6,7 @@
     python benchmarks/train_bench.py --find-max-batch     # largest batch that fits (GPU)
     python benchmarks/train_bench.py --config.model.attention_impl=xla --label xla-attention
 
-Runs the trainer's own jitted, sharded train step (``signflax.train.step``) on
+Runs the trainer's own jitted, sharded train step (``signflax.train.setup``) on
 synthetic tokens already on device, so the figure is the step alone (the input
 pipeline is measured by ``benchmarks/data_bench.py``). One step per batch, no
 gradient accumulation (``--grad-accum`` to change). Median of ``--steps`` timed
@@ -29,15 +29,11 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 
 from signflax import model as model_lib
-from signflax import parallel
 from signflax.cli import apply_override, load_config_file, split_overrides
 from signflax.train import metrics as metrics_lib
-from signflax.train import optimizer as optimizer_lib
-from signflax.train import step as step_lib
-from signflax.train import trainer
+from signflax.train import setup as train_setup
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Goals of issue 6 (GPT-2 124M, context 1024, one H100) and the nanoGPT reference it names
@@ -54,21 +50,16 @@ def measure(config, optimizer: str, batch: int, steps: int) -> dict:
     config.optimizer.name = optimizer
     config.train.global_batch_size = batch
   t = config.train
-  cfg = trainer.model_config(config, config.model.vocab_size or BYTE_VOCAB)
-  mesh = parallel.make_mesh(config.mesh)
-  graphdef, _, param_axes = model_lib.abstract_model(cfg)
-  tx, schedule = optimizer_lib.make_optimizer(config.optimizer, t.steps, param_axes)
+  start = time.perf_counter()
+  run = train_setup.setup(config, vocab_size=config.model.vocab_size or BYTE_VOCAB,
+                          noise_stats=False)
+  cfg = run.model
   tokens = jax.random.randint(jax.random.key(0), (batch, t.seq_len + 1), 0, cfg.vocab_size)
-  with jax.set_mesh(mesh):
-    sharding = parallel.batch_sharding(mesh)
-    data = {"inputs": jax.device_put(tokens[:, :-1], sharding),
-            "targets": jax.device_put(tokens[:, 1:], sharding)}
-    start = time.perf_counter()
-    state, shardings = step_lib.create_sharded_state(cfg, tx, mesh, param_axes, t.seed)
-    step = step_lib.jit_train_step(
-        step_lib.make_train_step(graphdef, tx, schedule, grad_accum=t.grad_accum,
-                                 noise_stats=False, loss_chunk_len=t.get("loss_chunk_len", 0)),
-        mesh, shardings)
+  with jax.set_mesh(run.mesh):
+    data = {"inputs": jax.device_put(tokens[:, :-1], run.batch_sharding),
+            "targets": jax.device_put(tokens[:, 1:], run.batch_sharding)}
+    state = run.init_state()
+    step = run.train_step
     compiled = step.lower(state, data).compile()
     compile_s = time.perf_counter() - start
     state, metrics = compiled(state, data)          # warm-up
@@ -162,8 +153,8 @@ def _parse(argv):
   """``(args, config)`` from the command line; bad input raises ValueError or OSError."""
   overrides, argv = split_overrides(argv)
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--config", default=None, help="default: configs/lm/gpt2_124m.py "
-                      "(--small: configs/lm/tiny.py)")
+  parser.add_argument("--config", default=None, help="default: lm/gpt2_124m (packaged) "
+                      "(--small: lm/tiny)")
   parser.add_argument("--small", action="store_true", help="the tiny config, CPU-sized")
   parser.add_argument("--optimizers", default="adamw,sign_sgd,signum,muon")
   parser.add_argument("--batch-sizes", default="", help="default: 12,32 (--small: 16)")
@@ -176,7 +167,7 @@ def _parse(argv):
   args = parser.parse_args(argv)
   args.overrides = overrides
   args.config_path = pathlib.Path(
-      args.config or ROOT / "configs" / "lm" / ("tiny.py" if args.small else "gpt2_124m.py"))
+      args.config or ("lm/tiny" if args.small else "lm/gpt2_124m"))
   return args, _load_config(args.config_path, overrides, args.grad_accum)
 
 

@@ -3,7 +3,7 @@
 # same `signflax train` command on every worker.
 #
 #   launch/tpu_pod.sh [--dry-run] [--relaunch] NAME ZONE ACCELERATOR [signflax train args...]
-#   launch/tpu_pod.sh my-pod us-central2-b v4-32 --config configs/lm/llama_100m.py --workdir /mnt/gcs/runs/l100m
+#   launch/tpu_pod.sh my-pod us-central2-b v4-32 --config lm/llama_100m --workdir /mnt/gcs/runs/l100m
 #
 # --relaunch: keep going after preemption: when the run ends without success, wait until
 # the slice is READY again (recreating a deleted/preempted one) and start the same command;

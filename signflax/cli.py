@@ -2,10 +2,11 @@
 
 Config-driven commands (``train``, ``linreg``) share one protocol::
 
-    signflax train  [--config configs/lm/tiny.py] --workdir DIR [--config.optimizer.name=muon ...]
-    signflax linreg [--config configs/linreg/data_scaling.py] --workdir DIR [--config.d=4000 ...]
+    signflax train  [--config lm/tiny] --workdir DIR [--config.optimizer.name=muon ...]
+    signflax linreg [--config linreg/data_scaling] --workdir DIR [--config.d=4000 ...]
 
-The config file exposes ``get_config() -> ml_collections.ConfigDict``; every
+``--config`` takes a file path or the name of a config shipped in
+``signflax/configs`` (``lm/tiny``, ``linreg/data_scaling``, ...). The config file exposes ``get_config() -> ml_collections.ConfigDict``; every
 ``--config.<dotted.field>=<value>`` override is parsed as a Python literal and
 type-checked against the field it replaces. Each command's module provides
 ``validate(config)`` (raises ``ValueError`` with a one-line message) and
@@ -26,17 +27,19 @@ import importlib
 import importlib.util
 import pathlib
 import sys
+import traceback
 from typing import Any, Sequence
 
 import ml_collections
 
-_REPO_CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
+# Configs that ship inside the package: `--config lm/tiny` names signflax/configs/lm/tiny.py.
+PACKAGED_CONFIGS = pathlib.Path(__file__).resolve().parent / "configs"
 
-# command -> (module with validate/run, default config relative to configs/, help)
+# command -> (module with validate/run, default packaged config, help)
 CONFIG_COMMANDS = {
-    "train": ("signflax.train.trainer", "lm/tiny.py",
+    "train": ("signflax.train.trainer", "lm/tiny",
               "train a LLaMA-style transformer (default: the tiny CPU config)"),
-    "linreg": ("signflax.experiments.linreg", "linreg/data_scaling.py",
+    "linreg": ("signflax.experiments.linreg", "linreg/data_scaling",
                "run a power-law linear-regression experiment"),
 }
 # command -> (module with main(argv) -> int, help)
@@ -54,20 +57,45 @@ class UsageError(ValueError):
   """Bad command-line input; reported as one line with exit code 2."""
 
 
+def _one_line(error: BaseException) -> str:
+  return " ".join(str(error).split())
+
+
+def packaged_config_names() -> list[str]:
+  """``lm/tiny``, ``linreg/data_scaling``, ...: the configs shipped in ``signflax/configs``."""
+  return sorted(p.relative_to(PACKAGED_CONFIGS).with_suffix("").as_posix()
+                for p in PACKAGED_CONFIGS.rglob("*.py") if not p.name.startswith("_"))
+
+
+def resolve_config_path(name_or_path: str | pathlib.Path) -> pathlib.Path:
+  """A config file path, or a packaged name (``lm/tiny`` or ``lm/tiny.py``) -> its file."""
+  path = pathlib.Path(name_or_path)
+  if path.is_file():
+    return path
+  packaged = (PACKAGED_CONFIGS / path).with_suffix(".py")
+  if not path.is_absolute() and packaged.is_file():
+    return packaged
+  raise UsageError(f"--config: no such file {str(name_or_path)!r} and no packaged config of "
+                   f"that name; packaged: {', '.join(packaged_config_names())}")
+
+
 def load_config_file(path: str | pathlib.Path) -> ml_collections.ConfigDict:
-  """Imports ``path`` and returns its ``get_config()``."""
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise UsageError(f"--config: no such file {str(path)!r}")
+  """Imports the config file (or packaged config name) ``path``; returns its ``get_config()``."""
+  path = resolve_config_path(path)
   spec = importlib.util.spec_from_file_location(f"_signflax_config_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)
   try:
     spec.loader.exec_module(module)
   except Exception as e:  # noqa: BLE001 - any failure of user code is bad input
-    raise UsageError(f"--config: {path} failed to import: {type(e).__name__}: {e}") from e
+    raise UsageError(f"--config: {path} failed to import: {type(e).__name__}: "
+                     f"{_one_line(e)}") from e
   if not hasattr(module, "get_config"):
     raise UsageError(f"--config: {path} defines no get_config()")
-  config = module.get_config()
+  try:
+    config = module.get_config()
+  except Exception as e:  # noqa: BLE001 - any failure of user code is bad input
+    raise UsageError(f"--config: {path}: get_config() raised {type(e).__name__}: "
+                     f"{_one_line(e)}") from e
   if not isinstance(config, ml_collections.ConfigDict):
     raise UsageError(f"--config: {path}: get_config() must return an ml_collections.ConfigDict")
   return config
@@ -149,7 +177,7 @@ def split_overrides(argv: Sequence[str]) -> tuple[list[tuple[str, str]], list[st
   return overrides, rest
 
 
-def parse_config_args(argv: Sequence[str], default_config: pathlib.Path
+def parse_config_args(argv: Sequence[str], default_config: str | pathlib.Path
                       ) -> tuple[ml_collections.ConfigDict, str | None]:
   """Parses ``[--config FILE] [--workdir DIR] [--config.x=v ...]`` into (config, workdir)."""
   config_path, workdir = None, None
@@ -175,7 +203,7 @@ def parse_config_args(argv: Sequence[str], default_config: pathlib.Path
   return config, workdir
 
 
-def _fail(command: str, message: str) -> int:
+def _report_error(command: str, message: str) -> int:
   print(f"signflax {command}: error: {message}", file=sys.stderr)
   return 2
 
@@ -183,18 +211,30 @@ def _fail(command: str, message: str) -> int:
 def run_config_command(command: str, argv: Sequence[str]) -> int:
   module_name, default, _ = CONFIG_COMMANDS[command]
   try:
-    config, workdir = parse_config_args(argv, _REPO_CONFIGS / default)
+    config, workdir = parse_config_args(argv, default)
     if workdir is None:
       raise UsageError("--workdir: required (a directory for results, logs and checkpoints)")
     module = importlib.import_module(module_name)
     module.validate(config)
-  except ValueError as e:  # UsageError and every validate() failure
-    return _fail(command, str(e))
-  result = module.run(config, workdir)
-  return int(result or 0)
+  except (ValueError, TypeError) as e:  # UsageError and every validate() failure
+    return _report_error(command, _one_line(e))
+  return int(module.run(config, workdir) or 0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  """Runs one command; bad input is one line and exit 2, a bug a traceback and exit 1."""
+  try:
+    return _main(argv)
+  except KeyboardInterrupt:
+    return 130
+  except Exception:  # noqa: BLE001 - an error nobody expected: show it whole, ask for a report
+    traceback.print_exc()
+    print("signflax: internal error (the traceback above is a bug, not bad input); please "
+          "report it with the command line that caused it", file=sys.stderr, flush=True)
+    return 1
+
+
+def _main(argv: Sequence[str] | None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   commands = {**{k: v[2] for k, v in CONFIG_COMMANDS.items()},
               **{k: v[1] for k, v in PLAIN_COMMANDS.items()}}
@@ -209,12 +249,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   if command in CONFIG_COMMANDS:
     if rest and rest[0] in ("-h", "--help"):
       print(f"usage: signflax {command} [--config FILE] --workdir DIR [--config.<field>=<value> ...]"
-            f"\n  default config: configs/{CONFIG_COMMANDS[command][1]}")
+            f"\n  --config: a file or a packaged name (default {CONFIG_COMMANDS[command][1]}); "
+            f"packaged: {', '.join(packaged_config_names())}")
       return 0
     return run_config_command(command, rest)
   if command in PLAIN_COMMANDS:
     return int(importlib.import_module(PLAIN_COMMANDS[command][0]).main(rest) or 0)
-  return _fail(command, f"unknown command; allowed: {', '.join(commands)}")
+  return _report_error(command, f"unknown command; allowed: {', '.join(commands)}")
 
 
 if __name__ == "__main__":

@@ -247,7 +247,7 @@ def test_bad_workdir_and_incompatible_checkpoint_exit_2(reference, tmp_path, cap
   stopped_early.mkdir()
   for name in ("config.json", "metrics.jsonl"):
     shutil.copy(ref_dir / name, stopped_early / name)
-  config, _ = cli.parse_config_args(_argv(stopped_early)[3:], REPO / "configs/lm/tiny.py")
+  config, _ = cli.parse_config_args(_argv(stopped_early)[3:], REPO / "signflax/configs/lm/tiny.py")
   assert trainer._workdir_error(stopped_early, config) is None
   assert cli.main(_argv(stopped_early, **{"train.steps": 60})) == 2
   assert "another config and no checkpoint" in capsys.readouterr().err

@@ -190,7 +190,7 @@ def test_wsd_sweep_matches_direct_runs():
 
 
 def _config(name="data_scaling", **overrides):
-  config = cli.load_config_file(REPO / "configs" / "linreg" / f"{name}.py")
+  config = cli.load_config_file(REPO / "signflax" / "configs" / "linreg" / f"{name}.py")
   for key, value in overrides.items():
     config[key] = value
   return config
@@ -248,7 +248,7 @@ _TINY = {
 def test_cli_tiny_run_writes_results(name, tmp_path, capsys):
   from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
   workdir = tmp_path / name
-  code = cli.main(["linreg", "--config", str(REPO / "configs" / "linreg" / f"{name}.py"),
+  code = cli.main(["linreg", "--config", str(REPO / "signflax" / "configs" / "linreg" / f"{name}.py"),
                    "--workdir", str(workdir), *_TINY[name]])
   out = capsys.readouterr().out
   assert code == 0

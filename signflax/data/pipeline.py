@@ -68,16 +68,9 @@ def default_data_config() -> ml_collections.ConfigDict:
   ))
 
 
-def _get(data_config, name: str):
-  """``data_config.name``, or the default when the config predates the field."""
-  if name in data_config:
-    return data_config[name]
-  return default_data_config()[name]
-
-
 def build_tokenizer(data_config) -> tokenizer_lib.Tokenizer:
   """The tokenizer named by ``data_config.tokenizer`` (cached per process)."""
-  return tokenizer_lib.get_tokenizer(_get(data_config, "tokenizer"))
+  return tokenizer_lib.get_tokenizer(data_config.tokenizer)
 
 
 # ---------------------------------------------------------------------------
@@ -86,46 +79,46 @@ def build_tokenizer(data_config) -> tokenizer_lib.Tokenizer:
 
 def _check_fields(data_config) -> None:
   """Checks each field's type and range (cheap; touches no file but tokenizer.json)."""
-  source = _get(data_config, "source")
+  source = data_config.source
   if source not in SOURCES:
     raise ValueError(f"config.data.source: unknown source {source!r}; allowed: "
                      f"{', '.join(SOURCES)}")
-  tokenizer_lib.check_tokenizer_spec(_get(data_config, "tokenizer"))
-  fraction = _get(data_config, "eval_fraction")
+  tokenizer_lib.check_tokenizer_spec(data_config.tokenizer)
+  fraction = data_config.eval_fraction
   if (isinstance(fraction, bool) or not isinstance(fraction, (int, float))
       or not 0.0 < fraction < 1.0):
     raise ValueError(f"config.data.eval_fraction: must be a number in (0, 1), got {fraction!r}")
-  split_by = _get(data_config, "split_by")
+  split_by = data_config.split_by
   if split_by not in sources.SPLIT_BY:
     raise ValueError(f"config.data.split_by: unknown value {split_by!r}; allowed: "
                      f"{', '.join(sources.SPLIT_BY)}")
   for name in ("max_bytes", "num_workers", "prefetch"):
-    value = _get(data_config, name)
+    value = data_config[name]
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
       raise ValueError(f"config.data.{name}: must be an integer >= 0, got {value!r}")
-  if not isinstance(_get(data_config, "shuffle"), bool):
+  if not isinstance(data_config.shuffle, bool):
     raise ValueError(f"config.data.shuffle: must be true or false, got "
-                     f"{_get(data_config, 'shuffle')!r}")
+                     f"{data_config.shuffle!r}")
 
 
 def _corpus_docs(data_config, split: str) -> tuple[sources.Doc, ...]:
-  source = _get(data_config, "source")
-  corpus = sources.list_corpus(source, _get(data_config, "paths"))
+  source = data_config.source
+  corpus = sources.list_corpus(source, data_config.paths)
   if corpus.num_bytes == 0:
-    where = "the standard library" if source == "stdlib" else repr(_get(data_config, "paths"))
+    where = "the standard library" if source == "stdlib" else repr(data_config.paths)
     raise ValueError(f"config.data.paths: the corpus is empty (0 bytes of text in {where})")
-  fraction = _get(data_config, "eval_fraction")
-  split_by = sources.resolve_split_by(source, _get(data_config, "split_by"))
+  fraction = data_config.eval_fraction
+  split_by = sources.resolve_split_by(source, data_config.split_by)
   docs = sources.split_docs(corpus, split, eval_fraction=fraction, split_by=split_by,
-                            max_bytes=_get(data_config, "max_bytes"))
+                            max_bytes=data_config.max_bytes)
   if not docs:
     if split_by == "file":
       raise ValueError(
           f"config.data.eval_fraction: none of the {len(corpus.paths)} files falls in the "
           f"{split} split with eval_fraction={fraction}; add files, change eval_fraction or set "
           "config.data.split_by='tail'")
-    if _get(data_config, "max_bytes"):
-      raise ValueError(f"config.data.max_bytes: {_get(data_config, 'max_bytes')} leaves no text "
+    if data_config.max_bytes:
+      raise ValueError(f"config.data.max_bytes: {data_config.max_bytes} leaves no text "
                        f"for the {split} split; raise it or set it to 0 (all)")
     raise ValueError(f"config.data.eval_fraction: {fraction} of the {corpus.num_bytes}-byte "
                      f"corpus leaves the {split} split empty; add text or change eval_fraction")
@@ -136,7 +129,7 @@ def split_tokens(data_config, split: str) -> np.ndarray:
   """The packed token stream of ``split`` (stdlib/text; cached per process)."""
   _check_split(split)
   docs = _corpus_docs(data_config, split)
-  return sources.cached_token_stream(docs, _get(data_config, "tokenizer"))
+  return sources.cached_token_stream(docs, data_config.tokenizer)
 
 
 def _check_split(split: str) -> None:
@@ -146,9 +139,9 @@ def _check_split(split: str) -> None:
 
 def _shards(data_config):
   """(directory, manifest) of arrayrecord shards, checked against the tokenizer."""
-  directory, manifest = sources.read_manifest(_get(data_config, "paths"))
+  directory, manifest = sources.read_manifest(data_config.paths)
   tok = build_tokenizer(data_config)
-  fingerprint = tokenizer_lib.tokenizer_fingerprint(_get(data_config, "tokenizer"))
+  fingerprint = tokenizer_lib.tokenizer_fingerprint(data_config.tokenizer)
   if ((manifest["vocab_size"], manifest["eos_id"]) != (tok.vocab_size, tok.eos_id)
       or manifest.get("tokenizer_fingerprint", fingerprint) != fingerprint):
     raise ValueError(
@@ -161,10 +154,10 @@ def _shards(data_config):
 def split_num_tokens(data_config, split: str) -> int:
   """Tokens in ``split``'s stream; byte/arrayrecord without reading the text."""
   _check_split(split)
-  source = _get(data_config, "source")
+  source = data_config.source
   if source == "arrayrecord":
     return int(_shards(data_config)[1]["splits"][split]["tokens"])
-  if _get(data_config, "tokenizer") == tokenizer_lib.BYTE:
+  if data_config.tokenizer == tokenizer_lib.BYTE:
     docs = _corpus_docs(data_config, split)  # one byte = one token, plus one EOS per doc
     return sources.docs_bytes(docs) + len(docs)
   return len(split_tokens(data_config, split))
@@ -173,7 +166,7 @@ def split_num_tokens(data_config, split: str) -> int:
 def windows(data_config, split: str, seq_len: int):
   """Random-access windows of ``seq_len + 1`` tokens of ``split``."""
   _check_split(split)
-  if _get(data_config, "source") == "arrayrecord":
+  if data_config.source == "arrayrecord":
     directory, manifest = _shards(data_config)
     if not manifest["splits"][split]["tokens"]:
       return sources.ArrayWindows(np.zeros(0, np.uint16), seq_len)
@@ -226,8 +219,7 @@ def make_iterator(data_config, *, split: str, seq_len: int, global_batch_size: i
   dropped. ``get_state()`` / ``set_state(state)`` save and restore the position
   (a small dict, e.g. for an Orbax ``grain`` checkpoint item).
   """
-  validate(data_config, seq_len=seq_len, global_batch_size=global_batch_size,
-           process_count=process_count)
+  # ``validate`` ran once at the edge (the CLI or the caller): the config is trusted here.
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index: must be in [0, {process_count}), got {process_index}")
   if num_epochs is not None and (isinstance(num_epochs, bool) or not isinstance(num_epochs, int)
@@ -238,7 +230,7 @@ def make_iterator(data_config, *, split: str, seq_len: int, global_batch_size: i
   local_batch = global_batch_size // process_count
 
   ds = grain.MapDataset.source(windows(data_config, split, seq_len))
-  if split == "train" and _get(data_config, "shuffle"):
+  if split == "train" and data_config.shuffle:
     ds = ds.shuffle(seed=shuffle_seed(seed))
   ds = ds.repeat(num_epochs)
   if num_epochs is not None:  # keep whole global batches only, so all processes agree
@@ -247,10 +239,10 @@ def make_iterator(data_config, *, split: str, seq_len: int, global_batch_size: i
   ds = ds[process_index::process_count]
   ds = ds.map(_split_inputs_targets)
 
-  prefetch = _get(data_config, "prefetch")
+  prefetch = data_config.prefetch
   ids = ds.to_iter_dataset(grain.ReadOptions(num_threads=1 if prefetch else 0,
                                              prefetch_buffer_size=prefetch))
-  workers = _get(data_config, "num_workers")
+  workers = data_config.num_workers
   if workers:
     _ensure_absl_flags_parsed()
     ids = ids.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
@@ -276,7 +268,7 @@ def _ensure_absl_flags_parsed() -> None:
 def describe(data_config, *, seq_len: int | None = None) -> dict:
   """A summary to log: source, tokenizer, vocab size, tokens (and windows) per split."""
   tok = build_tokenizer(data_config)
-  info = {"source": _get(data_config, "source"), "tokenizer": tok.name,
+  info = {"source": data_config.source, "tokenizer": tok.name,
           "vocab_size": tok.vocab_size, "eos_id": tok.eos_id}
   for split in sources.SPLITS:
     info[f"{split}_tokens"] = split_num_tokens(data_config, split)
@@ -295,7 +287,7 @@ def unigram_counts(data_config, split: str = "eval") -> np.ndarray:
   _check_fields(data_config)
   _check_split(split)
   vocab_size = build_tokenizer(data_config).vocab_size
-  if _get(data_config, "source") == "arrayrecord":
+  if data_config.source == "arrayrecord":
     directory, manifest = _shards(data_config)
     counts = np.load(os.path.join(directory, manifest["splits"][split]["unigram_counts"]))
   else:
@@ -320,7 +312,3 @@ def unigram_entropy(data_config, *, split: str = "eval") -> float:
   if not counts.sum():
     raise ValueError(f"config.data: the {split} split is empty")
   return entropy(counts)
-
-
-def nats_to_bits(x: float) -> float:
-  return x / math.log(2)

@@ -69,10 +69,13 @@ def maybe_initialize_distributed(config) -> bool:
   environment names a multi-process job jax reads itself (a SLURM job with
   several tasks, a multi-host TPU slice, ``JAX_COORDINATOR_ADDRESS``) unless
   ``config.distributed.auto`` is False. Single-process runs do nothing. Call it
-  before anything touches ``jax.devices()``.
+  before anything touches ``jax.devices()``;
+  a second call does nothing.
   """
   if not is_multi_process(config):
     return False
+  if jax.distributed.is_initialized():  # validation started it already
+    return True
   dist = config.get("distributed") or {}
   if dist.get("coordinator_address"):
     jax.distributed.initialize(coordinator_address=dist["coordinator_address"],

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import inspect
+from typing import Any, Callable
 
 import jax
 import ml_collections
@@ -14,8 +15,6 @@ SCHEDULES = ("wsd", "cosine", "constant")
 # Keywords the trainer fills in itself: weight decay from config.optimizer.weight_decay,
 # the masks from the model's logical axes.
 _FROM_TRAINER = ("weight_decay", "weight_decay_mask", "muon_params")
-_SHARED_FIELDS = ("name", "learning_rate", "schedule", "warmup_steps", "decay_fraction",
-                  "decay_shape", "final_lr_fraction", "weight_decay", "grad_clip_norm")
 
 
 def config_keywords(name: str) -> tuple[str, ...]:
@@ -49,20 +48,11 @@ def default_optimizer_config() -> ml_collections.ConfigDict:
   return config
 
 
-def validate(opt_config) -> None:
-  """Raises a one-line ValueError naming the bad ``config.optimizer`` field."""
-  if "kwargs" in opt_config:
-    raise ValueError("config.optimizer.kwargs: replaced by one group per optimizer, e.g. "
-                     "config.optimizer.adamw.b1 or config.optimizer.signum.beta (see "
-                     "signflax.train.optimizer.default_optimizer_config)")
-  unknown = sorted(set(opt_config) - set(_SHARED_FIELDS) - set(optim.OPTIMIZERS))
-  if unknown:
-    raise ValueError(f"config.optimizer: unknown field(s) {', '.join(unknown)}; fields: "
-                     f"{', '.join(_SHARED_FIELDS)} and one group per optimizer "
-                     f"({', '.join(optim.OPTIMIZERS)})")
-  if opt_config.name not in optim.OPTIMIZERS:
-    raise ValueError(f"config.optimizer.name: {opt_config.name!r} is not one of "
-                     f"{', '.join(optim.OPTIMIZERS)}")
+def check_keyword_groups(opt_config) -> None:
+  """Raises a one-line ValueError for a keyword the group's optimizer does not take.
+
+  Types and ranges of every field are ``signflax.train.schema``'s.
+  """
   for name in optim.OPTIMIZERS:
     group = opt_config.get(name) or {}
     allowed = config_keywords(name)
@@ -70,17 +60,33 @@ def validate(opt_config) -> None:
     if wrong:
       raise ValueError(f"config.optimizer.{name}: {', '.join(wrong)} not accepted by "
                        f"{name!r}; allowed: {', '.join(allowed)}")
-  if opt_config.schedule not in SCHEDULES:
-    raise ValueError(f"config.optimizer.schedule: {opt_config.schedule!r} is not one of "
-                     f"{', '.join(SCHEDULES)}")
-  if not opt_config.learning_rate > 0:
-    raise ValueError(f"config.optimizer.learning_rate: must be > 0, got "
-                     f"{opt_config.learning_rate!r}")
 
 
-def make_schedule(opt_config, total_steps: int) -> optax.Schedule:
-  """Warmup-stable-decay (default), warmup + cosine, or warmup + constant."""
-  peak, warmup = opt_config.learning_rate, opt_config.warmup_steps
+def check_optimizer(opt_config, total_steps: int) -> None:
+  """Builds the schedule and the optimizer once with plain values, so the library checks
+  every hyperparameter; its error is re-raised naming the config field."""
+  runtime, static = runtime_hyperparams(opt_config, None)
+  try:
+    make_schedule(opt_config, total_steps)
+    optim.get_optimizer(opt_config.name, **runtime, **static)
+  except (ValueError, TypeError) as e:
+    argument, _, message = str(e).partition(": ")
+    group = opt_config.get(opt_config.name) or {}
+    field = (f"{opt_config.name}.{argument}" if argument in group else argument
+             if argument in opt_config else None)
+    if field is None:
+      raise ValueError(f"config.optimizer ({opt_config.name}): {e}") from e
+    raise ValueError(f"config.optimizer.{field}: {message}") from e
+
+
+def make_schedule(opt_config, total_steps: int, peak: float | None = None) -> optax.Schedule:
+  """Warmup-stable-decay (default), warmup + cosine, or warmup + constant.
+
+  ``peak`` overrides ``opt_config.learning_rate``; ``peak=1.0`` gives the
+  schedule's shape, which ``make_optimizer`` scales by the injected peak rates.
+  """
+  peak = opt_config.learning_rate if peak is None else peak
+  warmup = opt_config.warmup_steps
   end = peak * opt_config.final_lr_fraction
   if opt_config.schedule == "wsd":
     return optim.wsd_schedule(peak, total_steps, warmup_steps=warmup,
@@ -89,13 +95,10 @@ def make_schedule(opt_config, total_steps: int) -> optax.Schedule:
   if opt_config.schedule == "cosine":
     return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(total_steps, warmup + 1),
                                               end_value=end)
-  if opt_config.schedule == "constant":
-    if not warmup:
-      return optax.constant_schedule(peak)
-    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup),
-                                 optax.constant_schedule(peak)], [warmup])
-  raise ValueError(f"config.optimizer.schedule: {opt_config.schedule!r} is not one of "
-                   f"{list(SCHEDULES)}")
+  if not warmup:
+    return optax.constant_schedule(peak)
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup),
+                               optax.constant_schedule(peak)], [warmup])
 
 
 def _is_matrix(axes: tuple[str, ...]) -> bool:
@@ -125,18 +128,67 @@ def optimizer_kwargs(opt_config, param_axes: Any) -> dict[str, Any]:
   return kwargs
 
 
+def _is_rate(name: str) -> bool:
+  return name.endswith("learning_rate")
+
+
+def runtime_hyperparams(opt_config, param_axes: Any) -> tuple[dict[str, float], dict[str, Any]]:
+  """Splits the optimizer's keywords into ``(runtime, static)``.
+
+  Runtime values (floats: peak rates, weight decay, betas, eps; unset ones at the
+  optimizer's default) live in the optimizer state through
+  ``optax.inject_hyperparams``, so runs that differ only in them share one
+  compiled train step. Static values (masks, bools, ints, names) shape the
+  computation itself.
+  """
+  kwargs = optimizer_kwargs(opt_config, param_axes)
+  defaults = inspect.signature(optim.OPTIMIZERS[opt_config.name]).parameters
+  runtime, static = {"learning_rate": float(opt_config.learning_rate)}, {}
+  for name in optim.optimizer_keywords(opt_config.name):
+    value = kwargs.get(name, defaults[name].default)
+    if isinstance(value, float) or (_is_rate(name) and isinstance(value, int)
+                                     and not isinstance(value, bool)):
+      runtime[name] = float(value)
+    elif name in kwargs:
+      static[name] = value
+  return runtime, static
+
+
 def make_optimizer(opt_config, total_steps: int, param_axes: Any
-                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """Returns ``(tx, schedule)``: optional global-norm clipping, then the optimizer.
+                   ) -> tuple[optax.GradientTransformation, Callable[[Any], jax.Array]]:
+  r"""Returns ``(tx, applied_learning_rate)``.
+
+  ``tx``: optional global-norm clipping, then the optimizer, wrapped in
+  ``optax.inject_hyperparams`` (see ``runtime_hyperparams``). Every rate (the
+  peak ``learning_rate`` and, for Muon, ``fallback_learning_rate``) is
+  :math:`\eta_t = \eta_{peak} \cdot s(t)` with one schedule shape ``s`` on the
+  optimizer's own step count, so a fallback rate warms up and decays with the
+  main one. ``applied_learning_rate(opt_state)`` is the main rate the next
+  update applies, read from the optimizer's own count: a step skipped by
+  ``nan_policy="skip"`` does not advance it.
 
   Clipping rescales the whole gradient by one positive factor, so before a sign
   it changes nothing: sign_sgd's update is identical with or without it. Where a
   momentum sits before the sign (signum, lion, Muon's momentum) it only reweights
   steps inside that average; for SGD, momentum and AdamW it bounds the step.
   """
-  schedule = make_schedule(opt_config, total_steps)
-  tx = optim.get_optimizer(opt_config.name, schedule,
-                           **optimizer_kwargs(opt_config, param_axes))
-  if opt_config.grad_clip_norm:
-    tx = optax.chain(optax.clip_by_global_norm(opt_config.grad_clip_norm), tx)
-  return tx, schedule
+  shape = make_schedule(opt_config, total_steps, peak=1.0)
+  runtime, static = runtime_hyperparams(opt_config, param_axes)
+  name, clip_norm = opt_config.name, opt_config.grad_clip_norm
+
+  def build(**hyperparams):
+    rates = {k: (lambda count, peak=v: peak * shape(count)) for k, v in hyperparams.items()
+             if _is_rate(k)}
+    tx = optim.get_optimizer(name, **{**hyperparams, **rates, **static})
+    if clip_norm:
+      tx = optax.chain(optax.clip_by_global_norm(clip_norm), tx)
+    return tx
+
+  build.__signature__ = inspect.Signature(
+      [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY) for k in runtime])
+  tx = optax.inject_hyperparams(build)(**runtime)
+
+  def applied_learning_rate(opt_state) -> jax.Array:
+    return opt_state.hyperparams["learning_rate"] * shape(opt_state.count)
+
+  return tx, applied_learning_rate

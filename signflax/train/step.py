@@ -57,8 +57,8 @@ def _microbatches(batch: Batch, num: int) -> Batch:
   return jax.tree.map(split, batch)
 
 
-def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    *, grad_accum: int = 1, noise_stats: bool = True, loss_chunk_len: int = 0
+def make_train_step(graphdef, tx: optax.GradientTransformation,
+                    learning_rate_fn: Callable[[Any], jax.Array], *, grad_accum: int = 1, noise_stats: bool = True, loss_chunk_len: int = 0
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
   """The (unjitted) train step: state, {inputs, targets} -> new state, scalar metrics.
 
@@ -66,7 +66,8 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: optax.
   ``lax.scan``; the step's gradient is their mean. With ``noise_stats`` the A
   per-microbatch gradients are kept (A x parameter memory) and summarized by
   ``optim.gradient_noise_stats`` (noise density of Tao et al.). ``loss_chunk_len``:
-  see ``make_loss_fn``.
+  see ``make_loss_fn``. ``learning_rate_fn(opt_state)`` is the rate the update
+  applies (``optimizer.make_optimizer``), logged as ``learning_rate``.
   """
   grad_fn = jax.value_and_grad(make_loss_fn(graphdef, loss_chunk_len))
 
@@ -90,12 +91,14 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: optax.
       (loss, grads), _ = jax.lax.scan(accumulate, zeros, _microbatches(batch, grad_accum))
       loss, grads = jax.tree.map(lambda x: x / grad_accum, (loss, grads))
 
+    # Read before the update: the rate this update applies, from the optimizer's own count.
+    learning_rate = learning_rate_fn(state.opt_state)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     num_params = sum(x.size for x in jax.tree.leaves(params))
     metrics.update(
         loss=loss,
-        learning_rate=schedule(state.step),
+        learning_rate=learning_rate,
         grad_l1=_tree_sum(jnp.abs, grads),
         grad_l2=jnp.sqrt(_tree_sum(jnp.square, grads)),
         update_rms=jnp.sqrt(_tree_sum(jnp.square, updates) / num_params),

@@ -1,11 +1,11 @@
 """``signflax train``: validate a config, then train, evaluate and log.
 
-    signflax train --config configs/lm/tiny.py --workdir runs/tiny --config.optimizer.name=signum
+    signflax train --config lm/tiny --workdir runs/tiny --config.optimizer.name=signum
 
 Config groups: ``model`` (``signflax.model.TransformerConfig`` fields),
 ``optimizer``, ``data`` (``signflax.data.default_data_config()``), ``mesh``
 (data/fsdp/tensor sizes, -1 = the rest), ``train``, ``checkpoint`` and
-``distributed``; see ``configs/lm/tiny.py`` for every field. ``workdir``
+``distributed``; see ``signflax/configs/lm/tiny.py`` for every field. ``workdir``
 receives ``config.json``, ``metrics.jsonl``, TensorBoard events under ``tb/``
 and Orbax checkpoints under ``checkpoints/``. A run started in a workdir that
 holds checkpoints resumes from the latest readable one (see
@@ -14,11 +14,15 @@ holds checkpoints resumes from the latest readable one (see
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import pathlib
+import shutil
 import sys
+import tempfile
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -31,60 +35,35 @@ from signflax.train import checkpoint as checkpoint_lib
 from signflax.train import metrics as metrics_lib
 from signflax.train import optimizer as optimizer_lib
 from signflax.train import preemption
-from signflax.train import step as step_lib
-
-GROUPS = ("model", "optimizer", "data", "mesh", "train", "checkpoint")
-
+from signflax.train import schema
+from signflax.train import setup as setup_lib
 
 def _log(message: str) -> None:
+  """Progress notes on stderr, from process 0 only."""
   if jax.process_index() == 0:
     print(message, file=sys.stderr, flush=True)
 
 
-def _positive(group, name: str, value, minimum: int = 1) -> None:
-  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-    raise ValueError(f"config.{group}.{name}: must be an integer >= {minimum}, got {value!r}")
-
-
-def model_config(config, vocab_size: int | None = None) -> model_lib.TransformerConfig:
-  """``config.model`` as a TransformerConfig; vocab_size None = the tokenizer's, padded to 128."""
-  cfg = model_lib.TransformerConfig.from_config(config.model)
-  if config.model.get("vocab_size") is None:
-    vocab_size = vocab_size or data_lib.build_tokenizer(config.data).vocab_size
-    cfg = dataclasses.replace(cfg, vocab_size=-(-vocab_size // 128) * 128)
-  return cfg
-
-
 def validate(config) -> None:
-  """Cheap checks before any compilation; raises a one-line ValueError naming the field."""
-  missing = [g for g in GROUPS if g not in config]
+  """Every check before compilation; raises a one-line ValueError naming the field.
+
+  Starts ``jax.distributed`` first (multi-process runs), so the checks see the
+  whole job's devices and processes: types and ranges from ``schema.SCHEMA``,
+  then what needs the tokenizer, the data files and the device count.
+  """
+  missing = [g for g in schema.GROUPS if g not in config]
   if missing:
     raise ValueError(f"config: missing group(s) {', '.join(missing)}; a train config has "
-                     f"{', '.join(GROUPS)}")
-  t, opt = config.train, config.optimizer
-  for name in ("steps", "global_batch_size", "seq_len", "grad_accum", "log_every"):
-    _positive("train", name, t[name])
-  for name in ("eval_every", "eval_batches", "seed"):
-    _positive("train", name, t[name], minimum=0)
-
-  c = config.checkpoint
-  for name in ("every_steps", "keep_period"):
-    _positive("checkpoint", name, c[name], minimum=0)
-  _positive("checkpoint", "keep", c.keep)
-  _positive("checkpoint", "preemption_check_every", c.preemption_check_every)
-  if c.nan_policy not in preemption.NAN_POLICIES:
-    raise ValueError(f"config.checkpoint.nan_policy: {c.nan_policy!r} is not one of "
-                     f"{', '.join(preemption.NAN_POLICIES)}")
-
-  optimizer_lib.validate(opt)
-  if opt.warmup_steps >= t.steps and opt.warmup_steps:
-    raise ValueError(f"config.optimizer.warmup_steps: {opt.warmup_steps} must be < "
-                     f"config.train.steps={t.steps}")
-
+                     f"{', '.join(schema.GROUPS)}")
+  optimizer_lib.check_keyword_groups(config.optimizer)
+  schema.SCHEMA.check(config)
+  t = config.train
+  optimizer_lib.check_optimizer(config.optimizer, t.steps)
+  parallel.maybe_initialize_distributed(config)
   data_lib.validate(config.data, seq_len=t.seq_len, global_batch_size=t.global_batch_size,
-                    process_count=1 if parallel.is_multi_process(config) else jax.process_count())
+                    process_count=jax.process_count())
   vocab = data_lib.build_tokenizer(config.data).vocab_size
-  cfg = model_config(config, vocab)
+  cfg = setup_lib.transformer_config(config, vocab)
   cfg.check()
   if cfg.vocab_size < vocab:
     raise ValueError(f"config.model.vocab_size: {cfg.vocab_size} is smaller than the "
@@ -92,24 +71,20 @@ def validate(config) -> None:
   if t.seq_len > cfg.max_seq_len:
     raise ValueError(f"config.train.seq_len: {t.seq_len} is longer than the model's context "
                      f"config.model.max_seq_len={cfg.max_seq_len}")
-
-  chunk = t.get("loss_chunk_len", 0)
-  _positive("train", "loss_chunk_len", chunk, minimum=0)
-  if chunk and t.seq_len % chunk:
-    raise ValueError(f"config.train.loss_chunk_len: {chunk!r} must be 0 (whole logits) or a "
-                     f"positive divisor of config.train.seq_len={t.seq_len}")
-  if t.global_batch_size % t.grad_accum:
-    raise ValueError(f"config.train.global_batch_size: {t.global_batch_size} is not divisible "
-                     f"by config.train.grad_accum={t.grad_accum}")
-  if not parallel.is_multi_process(config):  # device count is only known after start-up
-    shape = dict(zip(parallel.MESH_AXES,
-                     parallel.resolve_mesh_shape(config.mesh, jax.device_count())))
-    batch_shards = shape["data"] * shape["fsdp"]
-    micro = t.global_batch_size // t.grad_accum
-    if micro % batch_shards:
-      raise ValueError(f"config.train.global_batch_size: {t.global_batch_size} (microbatch "
-                       f"{micro} with grad_accum={t.grad_accum}) is not divisible by the "
-                       f"data-parallel size data*fsdp={batch_shards} of mesh {shape}")
+  shape = dict(zip(parallel.MESH_AXES,
+                   parallel.resolve_mesh_shape(config.mesh, jax.device_count())))
+  batch_shards = shape["data"] * shape["fsdp"]
+  if batch_shards % jax.process_count():
+    # Each process feeds its own rows of the batch: the batch axes must span the processes.
+    raise ValueError(f"config.mesh: the batch axes data*fsdp={batch_shards} of mesh {shape} do "
+                     f"not span the {jax.process_count()} processes ("
+                     f"{jax.local_device_count()} device(s) each); make data*fsdp a multiple "
+                     f"of {jax.process_count()}")
+  micro = t.global_batch_size // t.grad_accum
+  if micro % batch_shards:
+    raise ValueError(f"config.train.global_batch_size: {t.global_batch_size} (microbatch "
+                     f"{micro} with grad_accum={t.grad_accum}) is not divisible by the "
+                     f"data-parallel size data*fsdp={batch_shards} of mesh {shape}")
 
 
 def _global_batch(local: dict, sharding) -> dict:
@@ -121,21 +96,23 @@ def _global_batch(local: dict, sharding) -> dict:
 class Evaluator:
   """Mean eval loss over the first ``eval_batches`` global batches of the eval split.
 
-  A fresh iterator each time: every evaluation sees the same tokens.
+  The eval windows are listed once; each call starts a fresh pass over them, so
+  every evaluation sees the same tokens.
   """
 
-  def __init__(self, config, eval_step, sharding):
-    self.config, self.eval_step, self.sharding = config, eval_step, sharding
+  def __init__(self, run: setup_lib.Run):
+    self.run = run
+    t = run.config.train
+    self._iterator_args = dict(split="eval", seq_len=t.seq_len,
+                               global_batch_size=t.global_batch_size, seed=t.seed,
+                               process_index=jax.process_index(),
+                               process_count=jax.process_count())
+    self._num_batches = t.eval_batches or sys.maxsize
 
   def __call__(self, params) -> float:
-    t = self.config.train
-    it = data_lib.make_iterator(self.config.data, split="eval", seq_len=t.seq_len,
-                                global_batch_size=t.global_batch_size, seed=t.seed,
-                                process_index=jax.process_index(),
-                                process_count=jax.process_count())
-    losses = []
-    for _, batch in zip(range(t.eval_batches or sys.maxsize), it):
-      losses.append(self.eval_step(params, _global_batch(batch, self.sharding)))
+    it = data_lib.make_iterator(self.run.config.data, **self._iterator_args)
+    losses = [self.run.eval_step(params, _global_batch(batch, self.run.batch_sharding))
+              for _, batch in zip(range(self._num_batches), it)]
     return float(np.mean(jax.device_get(losses)))
 
 
@@ -147,37 +124,55 @@ def _loop_extra(train_iter, loss_sum, interval_start: int, skipped) -> dict:
                    "skipped_steps": checkpoint_lib.scalar_to_json(skipped)}}
 
 
-def _train_loop(config, state, train_step, train_iter, evaluate, writer, batch_sharding, *,
-                flops_per_token: float, peak_flops: float | None, ckpt, loop_state: dict,
-                stopper):
+@dataclasses.dataclass
+class _Loop:
+  """What the loop reads besides the state: built once by ``run``."""
+  run: setup_lib.Run
+  train_step: Any      # compiled
+  train_iter: Any
+  evaluate: Evaluator
+  writer: metrics_lib.MetricWriter
+  ckpt: checkpoint_lib.Checkpointer
+  stopper: preemption.PreemptionHandler
+
+
+def _train_loop(loop: _Loop, state, resumed: dict):
   """Steps from ``state.step`` to ``config.train.steps``; logs every ``log_every`` steps.
 
   Logged train_loss is the mean over the interval; the other train metrics are
   the interval's last step. Saves every ``checkpoint.every_steps``, at the last
   step, and at the step a preemption notice is agreed on (then returns early).
+  ``resumed`` is the checkpoint's open logging interval ({} for a fresh run).
   Returns ``(state, last logged metrics, preempted)``.
   """
+  config, run = loop.run.config, loop.run
   t, c = config.train, config.checkpoint
   tokens_per_step = t.global_batch_size * t.seq_len
+  flops_per_token = model_lib.flops_per_token(run.model, t.seq_len)
+  peak_flops = metrics_lib.peak_flops_per_device()
   progress = metrics_lib.ProgressBar(t.steps, enabled=jax.process_index() == 0)
   first = int(state.step) + 1
-  last_step = loop_state.get("interval_start", first - 1)
-  loss_sum = jnp.float32(loop_state.get("loss_sum", 0.0))
-  skipped = jnp.float32(loop_state.get("skipped_steps", 0.0))
+  # A resumed run continues the interval the checkpoint cut, so its logged mean is unchanged.
+  last_step = resumed.get("interval_start", first - 1)
+  loss_sum = jnp.float32(resumed.get("loss_sum", 0.0))
+  skipped = jnp.float32(resumed.get("skipped_steps", 0.0))
   last_time, timed_from, out, preempted = time.monotonic(), first - 1, {}, False
-  last_saved = ckpt.all_steps()[-1] if ckpt.all_steps() else None
+  last_saved = loop.ckpt.all_steps()[-1] if loop.ckpt.all_steps() else None
   for step in range(first, t.steps + 1):
-    state, step_metrics = train_step(state, _global_batch(next(train_iter), batch_sharding))
-    loss_sum = loss_sum + step_metrics["loss"]  # stays on device: no sync per step
+    state, step_metrics = loop.train_step(
+        state, _global_batch(next(loop.train_iter), run.batch_sharding))
+    # Sums stay on device: reading a value each step would wait for the step to finish.
+    loss_sum = loss_sum + step_metrics["loss"]
     if "nonfinite" in step_metrics:
       skipped = skipped + step_metrics["nonfinite"]
-    preempted = stopper.should_stop(step)
+    preempted = loop.stopper.should_stop(step)
     save = preempted or step == t.steps or (c.every_steps and step % c.every_steps == 0)
     log = step % t.log_every == 0 or step == t.steps
     if not (save or log):
       continue
+    # The one host sync of a logged or saved step.
     host = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-    if c.nan_policy == "stop":
+    if c.nan_policy == "stop":  # before saving: a NaN state is never checkpointed
       preemption.check_finite(step, host, last_saved)
     if log:
       out = host
@@ -194,16 +189,17 @@ def _train_loop(config, state, train_step, train_iter, evaluate, writer, batch_s
       if "nonfinite" in out:
         out["skipped_steps"] = float(skipped)
       if (t.eval_every and step % t.eval_every == 0) or step == t.steps:
-        out["eval_loss"] = evaluate(state.params)
-      writer.write(step, out)
+        out["eval_loss"] = loop.evaluate(state.params)
+      loop.writer.write(step, out)
       progress.update(step, out["train_loss"], tokens_per_s)
       loss_sum, last_step = jnp.zeros((), jnp.float32), step
+      # Evaluation and logging are not part of the next interval's step time.
       last_time, timed_from = time.monotonic(), step
     if save:
-      ckpt.save(step, state, _loop_extra(train_iter, loss_sum, last_step, skipped))
+      loop.ckpt.save(step, state, _loop_extra(loop.train_iter, loss_sum, last_step, skipped))
       last_saved = step
     if preempted:
-      writer.flush()
+      loop.writer.flush()
       _log(f"preempted: checkpoint saved at step {step}; start the same command again to "
            "resume")
       break
@@ -223,14 +219,42 @@ def _same_job(workdir: pathlib.Path, config) -> bool:
   return old == new
 
 
+def _unwritable(workdir: pathlib.Path) -> str | None:
+  """Why ``workdir`` cannot be created or written (None if it can); writes nothing lasting."""
+  if workdir.exists() and not workdir.is_dir():
+    return f"--workdir: {workdir} exists and is not a directory"
+  existing = workdir
+  while not existing.exists():  # the nearest ancestor that exists: mkdir -p starts there
+    existing = existing.parent
+  if not existing.is_dir():
+    return f"--workdir: {workdir} cannot be created: {existing} is a file, not a directory"
+  try:  # probe: permissions alone miss read-only mounts and ACLs
+    with tempfile.TemporaryFile(dir=existing):
+      pass
+  except OSError as e:
+    return f"--workdir: {existing} is not writable ({e.strerror or e})"
+  return None
+
+
+def _warn_if_disk_short(workdir: pathlib.Path, checkpoint_bytes: int) -> None:
+  existing = workdir
+  while not existing.exists():
+    existing = existing.parent
+  free = shutil.disk_usage(existing).free
+  if free < checkpoint_bytes:
+    _log(f"signflax train: warning: {free / 2**20:.0f} MiB free under {existing}, less than "
+         f"one checkpoint of this model (~{checkpoint_bytes / 2**20:.0f} MiB)")
+
+
 def _workdir_error(workdir: pathlib.Path, config) -> str | None:
   """Why ``workdir`` cannot hold this run (None if it can); checked before any device work.
 
   A workdir with logs but no checkpoint is accepted only for the same config (a
   run stopped before its first checkpoint starts over; its records are appended).
   """
-  if workdir.exists() and not workdir.is_dir():
-    return f"--workdir: {workdir} exists and is not a directory"
+  error = _unwritable(workdir)
+  if error:
+    return error
   ckpt_dir = workdir / "checkpoints"
   has_checkpoints = ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir())
   if ((workdir / "metrics.jsonl").exists() and not has_checkpoints
@@ -241,7 +265,8 @@ def _workdir_error(workdir: pathlib.Path, config) -> str | None:
   return None
 
 
-def _fail(message: str) -> int:
+def _error(message: str) -> int:
+  """Reports a run that cannot go on as one line; returns exit code 2."""
   print(f"signflax train: error: {message}", file=sys.stderr, flush=True)
   return 2
 
@@ -253,61 +278,54 @@ def _checkpointer(config, workdir: pathlib.Path) -> checkpoint_lib.Checkpointer:
                                      async_save=c.async_save)
 
 
-def _abstract_state(cfg, tx, shardings):
-  abstract = jax.eval_shape(lambda: step_lib.init_state(cfg, tx, jax.random.key(0)))
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                      abstract, shardings)
-
-
 def run(config, workdir: str) -> int:
   """Trains ``config`` and writes results to ``workdir``; returns the exit code.
 
-  Resumes from ``workdir/checkpoints`` when it holds a checkpoint. Exit codes:
-  0 done or preempted (checkpoint saved), 1 non-finite loss, 2 bad workdir or
-  an incompatible/unreadable checkpoint (nothing in the workdir is changed).
+  ``config`` is validated (``validate``). Resumes from ``workdir/checkpoints``
+  when it holds a checkpoint. Exit codes: 0 done or preempted (checkpoint
+  saved), 1 non-finite loss, 2 bad workdir or an incompatible/unreadable
+  checkpoint (nothing in the workdir is changed).
   """
   workdir = pathlib.Path(workdir)
   error = _workdir_error(workdir, config)
   if error:
-    return _fail(error)
+    return _error(error)
   parallel.maybe_initialize_distributed(config)
   t = config.train
   is_main = jax.process_index() == 0
-
   tokenizer = data_lib.build_tokenizer(config.data)
-  cfg = model_config(config, tokenizer.vocab_size)
-  mesh = parallel.make_mesh(config.mesh)
-  graphdef, param_shapes, param_axes = model_lib.abstract_model(cfg)
-  num_params = sum(x.size for x in jax.tree.leaves(param_shapes))
-  tx, schedule = optimizer_lib.make_optimizer(config.optimizer, t.steps, param_axes)
+  start = time.monotonic()
+  run_ = setup_lib.setup(config, vocab_size=tokenizer.vocab_size)
+  _warn_if_disk_short(workdir, sum(x.size * x.dtype.itemsize
+                                   for x in jax.tree.leaves(run_.abstract_state)))
 
-  batch_sharding = parallel.batch_sharding(mesh)
-  ckpt = _checkpointer(config, workdir)
-  with jax.set_mesh(mesh):
-    start = time.monotonic()
-    shardings = step_lib.state_shardings(cfg, tx, mesh, param_axes)
+  with contextlib.ExitStack() as stack, jax.set_mesh(run_.mesh):
+    ckpt = _checkpointer(config, workdir)
+    stack.callback(ckpt.close)
     try:
-      restored = ckpt.restore_latest(_abstract_state(cfg, tx, shardings))
+      restored = ckpt.restore_latest(run_.abstract_state)
     except (checkpoint_lib.IncompatibleCheckpointError, RuntimeError) as e:
-      return _fail(str(e).replace("\n", " "))
+      return _error(str(e).replace("\n", " "))
     if restored is None:
-      state, _ = step_lib.create_sharded_state(cfg, tx, mesh, param_axes, t.seed)
+      state = run_.init_state()
+    elif int(restored.state.step) >= t.steps:
+      _log(f"nothing to do: {workdir} holds a checkpoint at step {int(restored.state.step)} "
+           f">= config.train.steps={t.steps}")
+      return 0
     else:
       state = restored.state
-      if int(state.step) >= t.steps:
-        _log(f"nothing to do: {workdir} holds a checkpoint at step {int(state.step)} >= "
-             f"config.train.steps={t.steps}")
-        ckpt.close()
-        return 0
 
+    # Only now is the workdir written to: every check that could refuse the run has passed.
     if is_main:
       workdir.mkdir(parents=True, exist_ok=True)
       if restored is None or not (workdir / "config.json").exists():
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
     writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
-    _log(f"model: {num_params / 1e6:.2f}M params, {cfg.num_layers} layers x {cfg.d_model} "
-         f"wide, vocab {cfg.vocab_size}, {cfg.dtype} compute | mesh {dict(mesh.shape)} on "
-         f"{jax.device_count()} x {jax.devices()[0].device_kind}")
+    stack.callback(writer.close)
+    model = run_.model
+    _log(f"model: {run_.num_params / 1e6:.2f}M params, {model.num_layers} layers x "
+         f"{model.d_model} wide, vocab {model.vocab_size}, {model.dtype} compute | mesh "
+         f"{dict(run_.mesh.shape)} on {jax.device_count()} x {jax.devices()[0].device_kind}")
     if restored is not None:
       _log(f"resumed from the checkpoint at step {restored.step} in {ckpt.directory}")
     unigram = data_lib.unigram_entropy(config.data, split="eval")
@@ -320,46 +338,30 @@ def run(config, workdir: str) -> int:
                                         process_count=jax.process_count())
     if restored is not None:
       train_iter.set_state(restored.extra["data"])
-    abstract_batch = {k: jax.ShapeDtypeStruct((t.global_batch_size, t.seq_len), jnp.int32,
-                                              sharding=batch_sharding)
-                      for k in ("inputs", "targets")}
-    loss_chunk_len = t.get("loss_chunk_len", 0)
-    step_fn = step_lib.make_train_step(graphdef, tx, schedule, grad_accum=t.grad_accum,
-                                       noise_stats=t.noise_stats, loss_chunk_len=loss_chunk_len)
-    if config.checkpoint.nan_policy == "skip":
-      step_fn = preemption.guard_nonfinite(step_fn)
-    train_step = step_lib.jit_train_step(step_fn, mesh, shardings
-                                         ).lower(state, abstract_batch).compile()
+    # Compile ahead of time, so compile_time_s is the compile alone.
+    train_step = run_.train_step.lower(state, run_.abstract_batch()).compile()
     compile_s = time.monotonic() - start
-    eval_step = step_lib.make_eval_step(graphdef, loss_chunk_len)
-    evaluate = Evaluator(config, step_lib.jit_eval_step(eval_step, mesh, shardings),
-                         batch_sharding)
+    evaluate = Evaluator(run_)
     eval_loss = evaluate(state.params)
     record = {"eval_loss": eval_loss, "eval_unigram_entropy": unigram,
-              "num_params": num_params, "compile_time_s": compile_s}
+              "num_params": run_.num_params, "compile_time_s": compile_s}
     if restored is not None:
       record["resumed_from_step"] = restored.step
       writer.resume(restored.step)
     writer.write(int(state.step), record)
     _log(f"compiled in {compile_s:.1f}s; step {int(state.step)} eval loss {eval_loss:.4f}")
+
     train_start, first_step = time.monotonic(), int(state.step)
     stopper = preemption.PreemptionHandler(
         check_every=config.checkpoint.preemption_check_every)
+    stack.callback(stopper.restore)
+    loop = _Loop(run_, train_step, train_iter, evaluate, writer, ckpt, stopper)
     try:
       state, last, preempted = _train_loop(
-          config, state, train_step, train_iter, evaluate, writer, batch_sharding,
-          flops_per_token=model_lib.flops_per_token(cfg, t.seq_len),
-          peak_flops=metrics_lib.peak_flops_per_device(), ckpt=ckpt,
-          loop_state=restored.extra.get("loop", {}) if restored else {}, stopper=stopper)
+          loop, state, restored.extra.get("loop", {}) if restored else {})
     except preemption.NonFiniteError as e:
-      ckpt.close()
-      writer.close()
       print(f"signflax train: error: {e}", file=sys.stderr, flush=True)
       return 1
-    finally:
-      stopper.restore()
-  ckpt.close()
-  writer.close()
   if preempted:
     return 0
   tokens_per_s = t.global_batch_size * t.seq_len * (t.steps - first_step) / (

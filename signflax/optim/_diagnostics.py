@@ -7,9 +7,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-STAT_NAMES = ("noise_density", "mean_grad_l1", "mean_grad_l2", "sigma_l1", "sigma_l2")
-
-
 def _sums(leaves: list[jax.Array]) -> dict[str, jax.Array]:
   """Per-coordinate mean and std of stacked gradients, reduced to l1/l2 sums."""
   out = {k: jnp.zeros((), jnp.float32) for k in ("g1", "g2", "s1", "s2", "d")}

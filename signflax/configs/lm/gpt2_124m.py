@@ -7,7 +7,7 @@ step (512 x 1024, nanoGPT's batch) as 8 accumulated microbatches of 64.
 
 Point the data at a real corpus and a GPT-2 ``tokenizer.json``:
 
-    signflax train --config configs/lm/gpt2_124m.py --workdir runs/gpt2 \
+    signflax train --config lm/gpt2_124m --workdir runs/gpt2 \
         --config.data.source=text --config.data.paths='/data/owt/*.txt' \
         --config.data.tokenizer=/data/gpt2/tokenizer.json --config.optimizer.name=signum \
         --config.optimizer.learning_rate=3e-4

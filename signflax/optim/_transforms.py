@@ -1,5 +1,7 @@
 """Sign-based gradient transformations.
 
+``scale_by_sign`` is ``optax.scale_by_sign`` itself (re-exported by ``signflax.optim``).
+
 Each is an ``optax.GradientTransformation`` with pure ``init``/``update`` functions and a
 ``NamedTuple`` state, so they compose with ``optax.chain``, ``optax.MultiSteps``,
 ``optax.masked``/``optax.partition`` and ``optax.inject_hyperparams``.
@@ -14,22 +16,6 @@ import jax.numpy as jnp
 import optax
 
 from signflax.optim import _checks
-
-
-def scale_by_sign() -> optax.GradientTransformation:
-  r"""Replaces each gradient coordinate by its sign.
-
-  .. math::  u_t = \operatorname{sign}(g_t)
-
-  References:
-    Bernstein et al., signSGD: Compressed Optimisation for Non-Convex Problems, 2018.
-  """
-
-  def update_fn(updates, state, params=None):
-    del params
-    return jax.tree.map(jnp.sign, updates), state
-
-  return optax.GradientTransformation(optax.init_empty_state, update_fn)
 
 
 def momentum_direction(updates: optax.Updates, momentum: optax.Updates, beta: float,
@@ -66,12 +52,16 @@ def scale_by_signum(beta: float = 0.9, *, nesterov: bool = False,
   Args:
     beta: momentum decay in [0, 1); 0 gives signSGD.
     nesterov: take the sign of the Nesterov look-ahead instead of ``m_t``.
-    mu_dtype: dtype of the momentum buffer (None: the gradient's dtype).
+    mu_dtype: dtype of the momentum buffer (None: the gradient's dtype). Under
+      ``optax.inject_hyperparams`` give it as a string (``"bfloat16"``): a dtype class
+      such as ``jnp.bfloat16`` is callable, so it would be taken for a schedule.
 
   References:
     Bernstein et al., signSGD: Compressed Optimisation for Non-Convex Problems, 2018.
   """
   _checks.check_range("beta", beta, 0.0, 1.0, high_open=True)
+  _checks.check_bool("nesterov", nesterov)
+  _checks.check_dtype("mu_dtype", mu_dtype)
   mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
 
   def init_fn(params):

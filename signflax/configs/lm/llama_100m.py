@@ -5,7 +5,7 @@ blocks plus the embedding (tied; 24.6M with a 32k tokenizer). vocab_size None
 follows the tokenizer: set ``data.tokenizer`` to a LLaMA-style ``tokenizer.json``
 and the data to a real corpus. bfloat16 compute, FSDP over every device.
 
-    signflax train --config configs/lm/llama_100m.py --workdir runs/llama100m \
+    signflax train --config lm/llama_100m --workdir runs/llama100m \
         --config.data.source=text --config.data.paths='/data/fineweb/*.txt' \
         --config.data.tokenizer=/data/llama/tokenizer.json --config.train.global_batch_size=512
 """

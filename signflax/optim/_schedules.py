@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import math
-from typing import Callable, Union
+from typing import Any, Callable, Union
 
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from signflax.optim import _checks
@@ -92,6 +92,15 @@ def wsd_schedule(peak_value: float, total_steps: int, *, warmup_steps: int = 0,
   return schedule
 
 
+def batch_scale_factor(batch_size: Any, base_batch_size: Any, rule: str) -> Any:
+  r"""The factor a batch-size rule puts on the learning rate: :math:`\sqrt{B/B_0}`
+  (``"sqrt"``) or :math:`B/B_0` (``"linear"``). Works on numbers and NumPy arrays."""
+  _checks.check_choice("rule", rule, BATCH_RULES)
+  ratio = np.asarray(batch_size, np.float64) / np.asarray(base_batch_size, np.float64)
+  factor = np.sqrt(ratio) if rule == "sqrt" else ratio
+  return float(factor) if np.ndim(factor) == 0 else factor
+
+
 def batch_scaled_learning_rate(base_lr: Union[float, optax.Schedule], batch_size: int,
                                base_batch_size: int, rule: str
                                ) -> Union[float, Callable]:
@@ -108,9 +117,7 @@ def batch_scaled_learning_rate(base_lr: Union[float, optax.Schedule], batch_size
   """
   _checks.check_int("batch_size", batch_size, 1)
   _checks.check_int("base_batch_size", base_batch_size, 1)
-  _checks.check_choice("rule", rule, BATCH_RULES)
-  ratio = batch_size / base_batch_size
-  factor = math.sqrt(ratio) if rule == "sqrt" else ratio
+  factor = batch_scale_factor(batch_size, base_batch_size, rule)
   if callable(base_lr):
     return lambda count: factor * base_lr(count)
   _checks.check_non_negative("base_lr", base_lr)
