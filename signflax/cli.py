@@ -47,7 +47,7 @@ PLAIN_COMMANDS = {
     "prepare-data": ("signflax.data.prepare",
                      "tokenize text files into ArrayRecord shards for training"),
     "sweep": ("signflax.experiments.sweep",
-              "run a grid of trainer runs (configs/sweeps/*.py); --list, --point i"),
+              "run a grid of trainer runs (e.g. --config sweeps/demo_curves); --list, --point i"),
     "fit": ("signflax.experiments.fits",
             "fit a scaling law to a sweep: --sweep DIR --law collapse|predict|..."),
 }

@@ -1,6 +1,6 @@
 """``signflax sweep``: a grid of ordinary trainer runs, one directory per point.
 
-    signflax sweep --config configs/sweeps/demo_collapse.py --workdir DIR
+    signflax sweep --config sweeps/demo_curves --workdir DIR
     signflax sweep --config ... --workdir DIR --list        # one command line per point
     signflax sweep --config ... --workdir DIR --point 3     # run point 3 only (SLURM arrays)
 
@@ -59,11 +59,11 @@ SWEEP_FIELDS = ("base", "product", "zip", "gamma_rules", "gamma_base_batch_size"
                 "compilation_cache")
 RULES = ("sqrt", "linear")
 FINAL = ("done", "diverged")  # statuses a rerun does not repeat
-_CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
+_CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"  # the packaged configs
 
 
 def base_config(path: str) -> ml_collections.ConfigDict:
-  """``get_config()`` of ``configs/<path>`` (for sweep configs: ``base_config("lm/tiny.py")``)."""
+  """``get_config()`` of the packaged ``signflax/configs/<path>`` (e.g. ``"lm/tiny.py"``)."""
   file = _CONFIGS / path
   spec = importlib.util.spec_from_file_location(f"_signflax_base_{file.stem}", file)
   module = importlib.util.module_from_spec(spec)
@@ -467,13 +467,13 @@ def main(argv: Sequence[str]) -> int:
     args, rest = parser.parse_known_args(rest)
     override_args = [f"--config.{k}={v}" for k, v in overrides]
     config, workdir = cli.parse_config_args(rest + override_args,
-                                            _CONFIGS / "sweeps" / "demo_collapse.py")
+                                            "sweeps/demo_curves")
     if workdir is None:
       raise cli.UsageError("--workdir: required (the sweep directory)")
     if args.list:
       points = expand(config)
       config_path = next((v for k, v in zip(rest, rest[1:]) if k == "--config"),
-                         str(pathlib.Path("configs/sweeps/demo_collapse.py")))
+                         "sweeps/demo_curves")
       for p in points:
         print(f"{p.index}\t{p.id}\t{point_command(config_path, workdir, p.index, override_args)}")
       return 0

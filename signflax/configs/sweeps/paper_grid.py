@@ -11,7 +11,7 @@ Cost: 7.7e8 FLOP/token x 10B tokens = 7.7e18 FLOP per point, ~5.4 H100-hours at
 40% MFU; 40 points = ~216 H100-hours (halve it with
 ``--config.base.train.global_batch_size`` ranges or fewer gammas).
 
-    sbatch --array=0-39 launch/slurm_sweep.sbatch --config configs/sweeps/paper_grid.py \
+    sbatch --array=0-39 launch/slurm_sweep.sbatch --config sweeps/paper_grid \
         --workdir /shared/sweeps/grid --config.base.data.source=text ...
     signflax fit --sweep /shared/sweeps/grid --law phase
 """

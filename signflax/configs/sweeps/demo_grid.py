@@ -8,7 +8,7 @@ B=8, moved to B by the square-root rule (sign_sgd) or the linear rule (sgd).
 Constant learning rates make every curve a run at each smaller budget too, so
 `data_scaling` takes the best loss over (eta, B) at several D from the curves.
 
-    signflax sweep --config configs/sweeps/demo_grid.py --workdir runs/sweeps/grid
+    signflax sweep --config sweeps/demo_grid --workdir runs/sweeps/grid
     signflax fit --sweep runs/sweeps/grid --law batch
     signflax fit --sweep runs/sweeps/grid --law phase
     signflax fit --sweep runs/sweeps/grid --law data_scaling
@@ -21,7 +21,7 @@ from signflax.experiments.sweep import base_config
 
 def get_config():
   config = ml_collections.ConfigDict()
-  config.base = base_config("sweeps/demo_base.py")
+  config.base = base_config("sweeps/_demo_base.py")
   config.base.checkpoint.every_steps = 0  # only at the end: these runs are short
   # optimizer innermost: the two families advance together through the grid
   config.product = [("train.global_batch_size", [4, 8, 16]),

@@ -10,7 +10,7 @@ Cost: 7.7e8 FLOP/token (``signflax.model.flops_per_token``, 32k vocabulary) x
 989 TFLOP/s) that is ~10.6 H100-hours per optimizer, ~32 H100-hours for the
 12 points. Run the points in parallel as a SLURM array:
 
-    sbatch --array=0-11 launch/slurm_sweep.sbatch --config configs/sweeps/paper_curves.py \
+    sbatch --array=0-11 launch/slurm_sweep.sbatch --config sweeps/paper_curves \
         --workdir /shared/sweeps/curves --config.base.data.source=text \
         --config.base.data.paths='/data/fineweb/*.txt' \
         --config.base.data.tokenizer=/data/llama/tokenizer.json
