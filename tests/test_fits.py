@@ -118,6 +118,7 @@ def _fake_sweep(tmp_path, statuses):
   (tmp_path / "sweep_config.json").write_text(json.dumps({"points": planned}))
 
 
+@pytest.mark.slow  # fits two laws and draws their figures
 def test_fit_over_sweep_with_failed_and_missing_points(tmp_path, capsys):
   _fake_sweep(tmp_path, ["done", "done", "failed", "missing"])
   assert fits.main(["--sweep", str(tmp_path), "--law", "predict",

@@ -332,7 +332,8 @@ class CompileCounter:
     return {"compiles": len(compiles),
             "compile_s": round(sum(s for _, s in compiles), 3),
             "train_step_compiles": sum("train_step" in n for n, _ in compiles),
-            "cache_hits": len(self.hits) - mark[1]}
+            "cache_hits": len(self.hits) - mark[1],
+            "compiled": sorted({n for n, _ in compiles})}
 
 
 def enable_compilation_cache(directory: pathlib.Path) -> None:
