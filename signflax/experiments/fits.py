@@ -577,7 +577,8 @@ def _law_batch(sweep_dir, data, out_dir, options):
                      "critical_batch": crit, "tolerance": tolerance}
     ax.semilogx(bs, losses, "o-", label=f"{name} (B_crit ≈ {crit:.3g})" if crit else name)
     table.append(f"{name:10s} " + " ".join(f"B={b}: {tuned[b][0]:.4f} (lr {tuned[b][1]:.2g})"
-                                          for b in bs) + f" | critical batch ≈ {crit}")
+                                          for b in bs)
+                 + (f" | critical batch ≈ {crit:.3g}" if crit else " | no critical batch"))
   ax.set(xlabel="batch size B", ylabel="final loss (eta tuned per B)")
   ax.legend()
   fig.tight_layout()
