@@ -48,6 +48,10 @@ PLAIN_COMMANDS = {
     "prepare-data": ("signflax.data.prepare",
                      "tokenize text files into ArrayRecord shards for training"),
     "export": ("signflax.train.export", "write a checkpoint's parameters to an .npz file"),
+    "sweep": ("signflax.experiments.sweep",
+              "run a grid of trainer runs (e.g. --config sweeps/demo_curves); --list, --point i"),
+    "fit": ("signflax.experiments.fits",
+            "fit a scaling law to a sweep: --sweep DIR --law collapse|predict|..."),
 }
 
 

@@ -26,6 +26,8 @@ import sys
 import time
 from typing import Mapping, TextIO
 
+from signflax.tensorboard_extras import tensorboard_tag
+
 # The key that marks a start record (model size, compile time, first eval); a
 # restart at the same step replaces it.
 START_KEY = "num_params"
@@ -156,7 +158,8 @@ class MetricWriter:
     record = {"step": int(step), **{k: _json_value(v) for k, v in metrics.items()}}
     self._file().write(json.dumps(record) + "\n")
     self._jsonl.flush()
-    self._events.scalars(step, metrics)   # NaN stays NaN here (TensorBoard shows it)
+    # NaN stays NaN here (TensorBoard shows it); tags grouped train/, eval/, optim/, perf/.
+    self._events.scalars(step, {tensorboard_tag(k): v for k, v in metrics.items()})
 
   def restart(self, step: int) -> None:
     """Marks a start at ``step`` (0 for a fresh run); call before the first ``write``.
@@ -173,7 +176,8 @@ class MetricWriter:
     kept = repair_log(self._jsonl_path, int(step))
     self._events.restart(int(step))
     for record in kept:
-      self._events.scalars(step, record_scalars(record))
+      self._events.scalars(step, {tensorboard_tag(k): v
+                                  for k, v in record_scalars(record).items()})
 
   def flush(self) -> None:
     if self.enabled:

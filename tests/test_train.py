@@ -142,7 +142,8 @@ def test_short_runs_learn_are_deterministic_and_log(tmp_path):
     assert key in last, key
   assert last["mfu"] is None  # no peak FLOP/s for CPUs
   assert 0 < last["noise_density"] <= 1
-  assert {"train_loss", "eval_loss", "noise_density", "eval_unigram_entropy"} <= \
+  assert {"train/train_loss", "eval/eval_loss", "optim/noise_density",
+          "eval/eval_unigram_entropy", "train/tokens"} <= \
       _tensorboard_tags(runs[0])
   assert json.loads((runs[0] / "config.json").read_text())["optimizer"]["name"] == "adamw"
 

@@ -183,6 +183,9 @@ def _train_loop(loop: _Loop, state, resumed: dict):
       step_time = (time.monotonic() - last_time) / (step - timed_from)
       tokens_per_s = tokens_per_step / step_time
       out["step_loss"] = out.pop("loss")
+      out["tokens"] = step * tokens_per_step  # cumulative
+      if config.optimizer.grad_clip_norm:  # grad_l2 is the raw norm; clipping is in the tx
+        out["grad_norm_clipped"] = min(out["grad_l2"], config.optimizer.grad_clip_norm)
       out.update(train_loss=float(loss_sum) / (step - last_step), step_time_s=step_time,
                  tokens_per_s=tokens_per_s,
                  mfu=(flops_per_token * tokens_per_s / (peak_flops * jax.device_count())
