@@ -4,14 +4,10 @@ Measured critical batch sizes (where the tuned loss first exceeds 2x its small-b
 D = 2^12..2^18; their growth exponent vs s/(s+1) (SGD) and 2s/(2s+1) (signSGD).
 ~1-2 min on 2 CPU cores. SGD also gets the exact-recursion estimate (no seed noise).
 
-Learning-rate grid: gamma = lr_min * 2^((k + 1/4) / lr_points_per_octave), a quarter
-step off the powers of two. With D and B powers of two, eta*K is then never an integer:
-on a power-of-two grid a sign step at a large batch can travel exactly eta*K = 1 and land
-on theta*_1 = 1 (true for every alpha, beta), a best point 10-25% below the plateau that
-fakes the exponent. stable_only = True also drops cells outside the region the laws
-describe (eta*sqrt(B) > 1 for sign methods, eta > 1 for SGD). Best points that still look
-like resonances (eta*K within 0.01 of an integer, or a dip below both B neighbours by more
-than twice the seed error) are flagged in the table and results.json.
+Learning-rate grid a quarter step off the powers of two (lr_grid_offset) and cells outside
+eta*sqrt(B) <= 1 (sign) or eta <= 1 (SGD) dropped (stable_only), so no best point can be an
+exact eta*K = 1 landing on theta*_1; see data_scaling.py for why. Suspect best points are
+flagged in the table and results.json.
 """
 
 import ml_collections

@@ -146,6 +146,7 @@ def _validate_ode(config) -> None:
 def _optimizer_fn(name: str):
   """``lr -> GradientTransformation`` for a constant learning rate (cached, so the
   compiled simulator program is reused across calls)."""
+  # No weight decay: it would pull theta towards 0, away from theta*, and change the law.
   return lambda lr: get_optimizer(name, lr, weight_decay=0.0)
 
 
@@ -189,6 +190,8 @@ def _stable(config, name: str, sweep: linreg.BudgetSweep) -> np.ndarray:
 
 
 def _sweep(config, name: str, budgets, batch_sizes, learning_rates) -> linreg.BudgetSweep:
+  # WSD decays relative to the run's length, so its runs are grouped by horizon K;
+  # a constant rate lets one run per batch size serve every budget.
   horizon_fn = None
   if config.schedule == "wsd":
     horizon_fn = lambda k: _wsd_optimizer_fn(name, k, float(config.decay_fraction))
@@ -403,6 +406,7 @@ def _phase_diagram(config, out: pathlib.Path, tb: EventWriter) -> dict:
     family = FAMILY[name]
     sweep = _sweep(config, name, [budget], batch_sizes, np.broadcast_to(lrs, (b.size, a.size)))
     final = linreg.seed_mean(sweep.loss)[0]                               # (B, lr)
+    # The law predicts how the best eta moves with B (slope of a* in b), not its level.
     a_star = a[np.argmin(np.where(np.isfinite(final), final, np.inf), axis=1)]
     p = 2 * s if family == "sign" else s
     small = b <= 0.5 * p / (p + 1)               # well below the critical batch size
@@ -441,6 +445,7 @@ def _ode_check(config, out: pathlib.Path, tb: EventWriter) -> dict:
   d, eta = problem.dim, float(config.ode_learning_rate)
   times = np.geomspace(config.ode_time / 2 ** (config.ode_num_times - 1) * 4, config.ode_time,
                        config.ode_num_times)
+  # The ODE's time is k/d; simulate whole steps and report the ODE at those exact times.
   steps = np.unique(np.maximum(np.round(times * d), 1).astype(np.int64))
   times = steps / d
   result = linreg.simulate(problem, _optimizer_fn("sign_sgd"), [eta / d], [1], int(steps[-1]),
@@ -487,7 +492,7 @@ _RUNNERS = {"data_scaling": _data_scaling, "batch_scaling": _batch_scaling,
 
 def run(config, workdir) -> int:
   """Runs ``config.experiment`` and writes results, figures and scalars to ``workdir``."""
-  validate(config)
+  validate(config)           # before any directory or compile: bad input costs nothing
   out = pathlib.Path(workdir)
   out.mkdir(parents=True, exist_ok=True)
   start = time.time()

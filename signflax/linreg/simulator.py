@@ -15,11 +15,18 @@ learning rate) pair. The seed axis is sharded over a 1-D device mesh (padded to 
 multiple of the device count); all configs of one seed share that seed's random
 numbers (common random numbers). Step k's noise is row ``k % U`` of a chunk drawn
 from ``fold_in(fold_in(PRNGKey(seed), seed_index), k // U)`` (``U`` from
-``noise_chunk_size``: one draw per U steps, not per step), so every run is
-reproducible and independent of the device count, of the other configs in the grid
-and of where the risk is recorded. The excess risk is recorded
-at given steps by a ``lax.scan`` over segments, so memory does not grow with the
-step count.
+``noise_chunk_size``: one draw per U steps, not per step), so every run sees the same
+noise whatever the device count, the other configs in the grid and where the risk is
+recorded. The excess risk is recorded at given steps by a ``lax.scan`` over segments,
+so memory does not grow with the step count.
+
+Reproducibility. On one backend a run's risk is bit-identical across device counts,
+seed counts and learning-rate grids, for every optimizer and both noise models (tested
+on XLA:CPU for sign_sgd, momentum and adamw). The update is elementwise per run, and
+the minibatch gradient's two reductions are written as multiply + sum, whose order
+does not depend on how many runs share the call (a batched ``einsum`` lowers to a dot
+whose summation order does: 2e-7 to 1e-6 relative drift for SGD, momentum and adamw).
+Different backends (CPU vs GPU) and XLA versions may round differently.
 """
 
 from __future__ import annotations
