@@ -1,4 +1,4 @@
-"""`signflax linreg`: the power-law linear-regression experiments of issue 3.
+"""`signflax linreg`: the power-law linear-regression experiments.
 
 Four experiments, selected by ``config.experiment`` (Li et al. 2026, Fig. 1;
 Xiao et al. 2024):
@@ -12,7 +12,9 @@ Xiao et al. 2024):
 * ``ode_check``: signSGD with one sample per step and step eta/d vs the risk ODE.
 
 Each writes ``results.json``, ``results.npz``, PNG figures and TensorBoard scalars
-(``tb/``) into the workdir and prints a measured-vs-predicted table.
+(``tb/``) into the workdir and prints a measured-vs-predicted table. The two scaling
+sweeps flag best points that look like grid resonances (``linreg.resonance_flags``)
+in the table and in ``results.json``.
 """
 
 from __future__ import annotations
@@ -98,6 +100,13 @@ def _validate_grid(config, experiment: str) -> None:
     _fail("lr_min", f"must be <= lr_max={config.lr_max}", config.lr_min)
   if not isinstance(_need(config, "lr_points_per_octave"), int) or config.lr_points_per_octave < 1:
     _fail("lr_points_per_octave", "must be an integer >= 1", config.lr_points_per_octave)
+  offset = _need(config, "lr_grid_offset")
+  if isinstance(offset, bool) or not isinstance(offset, (int, float)) or not 0 <= offset < 1:
+    _fail("lr_grid_offset", "must be a number in [0, 1) (grid points)", offset)
+  if experiment != "phase_diagram" and not isinstance(_need(config, "stable_only"), bool):
+    _fail("stable_only", "must be True or False", config.stable_only)
+  if config.lr_min * 2 ** (offset / config.lr_points_per_octave) > config.lr_max:
+    _fail("lr_grid_offset", f"leaves no learning rate in [lr_min, lr_max]", offset)
   b_min, b_max = _need(config, "log2_batch_min"), _need(config, "log2_batch_max")
   if not isinstance(b_min, int) or b_min < 0:
     _fail("log2_batch_min", "must be an integer >= 0 (batch size B >= 1)", b_min)
@@ -137,6 +146,7 @@ def _validate_ode(config) -> None:
 def _optimizer_fn(name: str):
   """``lr -> GradientTransformation`` for a constant learning rate (cached, so the
   compiled simulator program is reused across calls)."""
+  # No weight decay: it would pull theta towards 0, away from theta*, and change the law.
   return lambda lr: get_optimizer(name, lr, weight_decay=0.0)
 
 
@@ -156,12 +166,32 @@ def _devices(config):
 
 
 def _effective_lrs(config) -> np.ndarray:
+  """``lr_min * 2^((k + lr_grid_offset) / lr_points_per_octave)`` up to ``lr_max``.
+
+  With D and B powers of two, an offset of 1/4 keeps eta*K off the integers (where
+  a sign step can land exactly on theta*_1 = 1) for the linear and the square-root
+  rule alike; 0 gives the plain power-of-two grid.
+  """
+  per_octave = config.lr_points_per_octave
   octaves = math.log2(config.lr_max / config.lr_min)
-  n = int(round(octaves * config.lr_points_per_octave)) + 1
-  return np.geomspace(config.lr_min, config.lr_max, max(n, 1))
+  k = np.arange(int(math.floor(octaves * per_octave - config.lr_grid_offset + 1e-9)) + 1)
+  return config.lr_min * 2.0 ** ((k + config.lr_grid_offset) / per_octave)
+
+
+def _stable(config, name: str, sweep: linreg.BudgetSweep) -> np.ndarray:
+  """``(1, B, lr)`` mask of the cells the scaling laws describe when
+  ``config.stable_only``: eta*sqrt(B) <= 1 (sign family; Theorem 3.1's unstable
+  regime lies beyond) or eta <= 1 (SGD family; eta*lambda_1 <= 1)."""
+  lrs = sweep.learning_rates
+  if not config.stable_only:
+    return np.ones((1,) + lrs.shape, bool)
+  scale = np.sqrt(sweep.batch_sizes)[:, None] if FAMILY[name] == "sign" else 1.0
+  return (lrs * scale <= 1.0 + 1e-9)[None]
 
 
 def _sweep(config, name: str, budgets, batch_sizes, learning_rates) -> linreg.BudgetSweep:
+  # WSD decays relative to the run's length, so its runs are grouped by horizon K;
+  # a constant rate lets one run per batch size serve every budget.
   horizon_fn = None
   if config.schedule == "wsd":
     horizon_fn = lambda k: _wsd_optimizer_fn(name, k, float(config.decay_fraction))
@@ -177,7 +207,9 @@ def _grid_sweep(config, name: str) -> linreg.BudgetSweep:
   batch_sizes = 2 ** np.arange(config.log2_batch_min,
                                min(config.log2_batch_max, config.log2_budget_max) + 1)
   lrs = linreg.learning_rate_grid(FAMILY[name], _effective_lrs(config), batch_sizes)
-  return _sweep(config, name, budgets, batch_sizes, lrs)
+  sweep = _sweep(config, name, budgets, batch_sizes, lrs)
+  # Cells outside the stable region become NaN: no "best" point can come from them.
+  return sweep._replace(loss=np.where(_stable(config, name, sweep), sweep.loss, np.nan))
 
 
 def _fit_law(config, name: str, sweep: linreg.BudgetSweep, mean) -> linreg.ScalingLaw:
@@ -196,7 +228,18 @@ def _exact_sgd_loss(config, name: str, sweep: linreg.BudgetSweep):
   steps = sweep.budgets[:, None, None] // sweep.batch_sizes[None, :, None]
   loss = linreg.sgd_expected_risk(_problem(config), sweep.learning_rates[None],
                                   sweep.batch_sizes[None, :, None], steps)
-  return np.where(steps >= 1, loss, np.inf)
+  return np.where((steps >= 1) & _stable(config, name, sweep), loss, np.inf)
+
+
+def _resonances(sweep: linreg.BudgetSweep) -> tuple[str, dict]:
+  """The table cell and the ``results.json`` entry of ``linreg.resonance_flags``."""
+  flags = linreg.resonance_flags(sweep.budgets, sweep.batch_sizes, sweep.learning_rates,
+                                 linreg.seed_mean(sweep.loss), linreg.seed_stderr(sweep.loss))
+  cell = ", ".join(
+      f"D=2^{int(np.log2(d))}:" + "+".join(w for w, on in (("etaK~int", n), ("dip", p)) if on)
+      for d, n, p, f in zip(sweep.budgets, flags.near_integer, flags.dip, flags.flagged) if f)
+  entry = dict(flagged_budgets=sweep.budgets[flags.flagged], **flags._asdict())
+  return cell or "-", entry
 
 
 def _critical_batches(sweep: linreg.BudgetSweep, per_batch) -> np.ndarray:
@@ -253,8 +296,10 @@ def _data_scaling(config, out: pathlib.Path, tb: EventWriter) -> dict:
   plt = _plt()
   fig, ax = plt.subplots(figsize=(5.5, 4))
   for name, family, sweep, mean in _mean_sweeps(config):                   # mean: (D, B, lr)
+    # The law's prediction is for the best loss over every (eta, B) at each D.
     best, (b_idx, lr_idx) = linreg.best_over(mean, (1, 2))
     fit = linreg.fit_power_law(sweep.budgets, best)
+    flag_cell, resonance = _resonances(sweep)
     predicted = linreg.data_scaling_exponent(family, s)
     law = _fit_law(config, name, sweep, mean)
     exact_loss = _exact_sgd_loss(config, name, sweep)
@@ -264,11 +309,15 @@ def _data_scaling(config, out: pathlib.Path, tb: EventWriter) -> dict:
     rows.append([name, f"{predicted:.3f}", f"{fit.exponent:.3f} +- {fit.stderr:.3f}",
                  f"{exact.exponent:.3f}" if exact else "-", f"{best[-1]:.3e}",
                  f"{law_best[-1]:.3e}",
-                 int(sweep.batch_sizes[b_idx[-1]]), f"{sweep.learning_rates[b_idx[-1], lr_idx[-1]]:.3g}"])
+                 int(sweep.batch_sizes[b_idx[-1]]), f"{sweep.learning_rates[b_idx[-1], lr_idx[-1]]:.3g}",
+                 flag_cell])
     summary[name] = dict(family=family, predicted_exponent=predicted, measured_exponent=fit.exponent,
                          measured_stderr=fit.stderr, exact_sgd_exponent=exact and exact.exponent,
                          budgets=sweep.budgets, best_loss=best, scaling_law=law._asdict(),
-                         fitted_law_best_loss=law_best)
+                         fitted_law_best_loss=law_best,
+                         best_batch_size=sweep.batch_sizes[b_idx],
+                         best_learning_rate=sweep.learning_rates[b_idx, lr_idx],
+                         resonance=resonance)
     arrays[f"{name}_loss"] = sweep.loss
     arrays[f"{name}_learning_rates"] = sweep.learning_rates
     for d, value in zip(sweep.budgets, best):
@@ -285,7 +334,8 @@ def _data_scaling(config, out: pathlib.Path, tb: EventWriter) -> dict:
   ax.legend(fontsize=7)
   _save_figure(fig, out / "data_scaling.png")
   table = _table(["optimizer", "predicted exponent", "measured exponent", "exact SGD recursion",
-                  "best loss at D_max", "fitted law at D_max", "B*", "eta*"], rows)
+                  "best loss at D_max", "fitted law at D_max", "B*", "eta*",
+                  "resonance flags"], rows)
   return dict(table=table, summary=summary, arrays=arrays)
 
 
@@ -297,7 +347,10 @@ def _batch_scaling(config, out: pathlib.Path, tb: EventWriter) -> dict:
   fig, ax = plt.subplots(figsize=(5.5, 4))
   for name, family, sweep, mean in _mean_sweeps(config):                   # mean: (D, B, lr)
     per_batch, _ = linreg.best_over(mean, 2)                                # (D, B)
+    # B* is where the tuned loss leaves its small-batch plateau; the law predicts how it
+    # grows with D, not its constant, so the exponent is the comparison.
     critical = _critical_batches(sweep, per_batch)
+    flag_cell, resonance = _resonances(sweep)
     growth = -linreg.fit_power_law(sweep.budgets, critical).exponent
     exact_loss = _exact_sgd_loss(config, name, sweep)
     exact_growth = None
@@ -309,12 +362,12 @@ def _batch_scaling(config, out: pathlib.Path, tb: EventWriter) -> dict:
     predicted_critical = float(linreg.critical_batch_size(law, sweep.budgets[-1]))
     rows.append([name, f"{predicted:.3f}", f"{growth:.3f}",
                  "-" if exact_growth is None else f"{exact_growth:.3f}", f"{critical[-1]:.3g}",
-                 f"{predicted_critical:.3g}"])
+                 f"{predicted_critical:.3g}", flag_cell])
     summary[name] = dict(family=family, predicted_exponent=predicted, measured_exponent=growth,
                          exact_sgd_exponent=exact_growth,
                          measured_critical_batch=critical, budgets=sweep.budgets,
                          predicted_critical_batch_at_max_budget=predicted_critical,
-                         scaling_law=law._asdict())
+                         scaling_law=law._asdict(), resonance=resonance)
     arrays[f"{name}_loss"] = sweep.loss
     arrays[f"{name}_best_per_batch"] = per_batch
     for b, value in zip(sweep.batch_sizes, per_batch[-1]):
@@ -330,7 +383,8 @@ def _batch_scaling(config, out: pathlib.Path, tb: EventWriter) -> dict:
   ax.legend(fontsize=7)
   _save_figure(fig, out / "batch_scaling.png")
   table = _table(["optimizer", "predicted B* exponent", "measured B* exponent",
-                  "exact SGD recursion", "measured B* at D_max", "fitted-law B* (c=1)"], rows)
+                  "exact SGD recursion", "measured B* at D_max", "fitted-law B* (c=1)",
+                  "resonance flags"], rows)
   return dict(table=table, summary=summary, arrays=arrays)
 
 
@@ -352,6 +406,7 @@ def _phase_diagram(config, out: pathlib.Path, tb: EventWriter) -> dict:
     family = FAMILY[name]
     sweep = _sweep(config, name, [budget], batch_sizes, np.broadcast_to(lrs, (b.size, a.size)))
     final = linreg.seed_mean(sweep.loss)[0]                               # (B, lr)
+    # The law predicts how the best eta moves with B (slope of a* in b), not its level.
     a_star = a[np.argmin(np.where(np.isfinite(final), final, np.inf), axis=1)]
     p = 2 * s if family == "sign" else s
     small = b <= 0.5 * p / (p + 1)               # well below the critical batch size
@@ -390,6 +445,7 @@ def _ode_check(config, out: pathlib.Path, tb: EventWriter) -> dict:
   d, eta = problem.dim, float(config.ode_learning_rate)
   times = np.geomspace(config.ode_time / 2 ** (config.ode_num_times - 1) * 4, config.ode_time,
                        config.ode_num_times)
+  # The ODE's time is k/d; simulate whole steps and report the ODE at those exact times.
   steps = np.unique(np.maximum(np.round(times * d), 1).astype(np.int64))
   times = steps / d
   result = linreg.simulate(problem, _optimizer_fn("sign_sgd"), [eta / d], [1], int(steps[-1]),
@@ -398,28 +454,36 @@ def _ode_check(config, out: pathlib.Path, tb: EventWriter) -> dict:
   runs = result.risk[:, 0, 0]                                               # (seeds, t)
   simulated = runs.mean(0)
   stderr = runs.std(0, ddof=1) / math.sqrt(runs.shape[0]) if runs.shape[0] > 1 else 0 * simulated
-  ode = linreg.signsgd_risk_ode(problem, eta, times)
+  ode = linreg.signsgd_risk_ode(problem, eta, times, drift="arcsine")
+  # The paper's high-dimensional limit, shown for comparison: it overestimates the risk
+  # while the top coordinates' feature-residual correlations are of order 1.
+  linearized = linreg.signsgd_risk_ode(problem, eta, times, drift="linearized")
   gap = np.abs(simulated / ode - 1)
+  linearized_gap = np.abs(simulated / linearized - 1)
   for k, sim_value, ode_value in zip(steps, simulated, ode):
     tb.scalar("ode_check/simulated", sim_value, int(k))
     tb.scalar("ode_check/ode", ode_value, int(k))
   plt = _plt()
   fig, ax = plt.subplots(figsize=(5.5, 4))
   ax.loglog(times, simulated, "o", label=f"signSGD, B=1, step eta/d ({runs.shape[0]} seeds)")
-  ax.loglog(times, ode, "-", label="Xiao et al. ODE")
+  ax.loglog(times, ode, "-", label="risk ODE (arcsine drift)")
+  ax.loglog(times, linearized, ":", label="risk ODE (linearized drift, Xiao et al. limit)")
   ax.set(xlabel="t = k / d", ylabel="excess risk",
          title=f"d={d}, eta={eta}, alpha={config.alpha}, beta={config.beta}: max gap {gap.max():.1%}")
   ax.legend(fontsize=8)
   _save_figure(fig, out / "ode_check.png")
   picks = np.unique(np.linspace(0, times.size - 1, min(8, times.size)).astype(int))
   rows = [[f"{times[i]:.3g}", f"{simulated[i]:.4e} +- {stderr[i]:.1e}", f"{ode[i]:.4e}",
-           f"{gap[i]:.2%}"] for i in picks]
-  table = _table(["t", "simulated", "ODE", "relative gap"], rows)
-  table += f"\nmax relative gap over {times.size} times: {gap.max():.2%}"
+           f"{gap[i]:.2%}", f"{linearized_gap[i]:.2%}"] for i in picks]
+  table = _table(["t", "simulated", "ODE (arcsine)", "relative gap", "gap (linearized)"], rows)
+  table += (f"\nmax relative gap over {times.size} times: {gap.max():.2%} "
+            f"(linearized drift: {linearized_gap.max():.2%})")
   summary = dict(times=times, simulated=simulated, stderr=stderr, ode=ode,
-                 max_relative_gap=float(gap.max()))
+                 max_relative_gap=float(gap.max()), linearized_ode=linearized,
+                 linearized_max_relative_gap=float(linearized_gap.max()))
   return dict(table=table, summary=summary,
-              arrays=dict(times=times, steps=steps, simulated_runs=runs, ode=ode))
+              arrays=dict(times=times, steps=steps, simulated_runs=runs, ode=ode,
+                          linearized_ode=linearized))
 
 
 _RUNNERS = {"data_scaling": _data_scaling, "batch_scaling": _batch_scaling,
@@ -428,7 +492,7 @@ _RUNNERS = {"data_scaling": _data_scaling, "batch_scaling": _batch_scaling,
 
 def run(config, workdir) -> int:
   """Runs ``config.experiment`` and writes results, figures and scalars to ``workdir``."""
-  validate(config)
+  validate(config)           # before any directory or compile: bad input costs nothing
   out = pathlib.Path(workdir)
   out.mkdir(parents=True, exist_ok=True)
   start = time.time()

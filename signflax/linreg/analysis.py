@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from signflax.linreg import theory
+from signflax.linreg import _checks, theory
 
 
 class PowerLawFit(NamedTuple):
@@ -43,6 +43,16 @@ def seed_mean(loss, axis: int = 0) -> np.ndarray:
   """Mean over seeds; a run that diverged (non-finite) makes its config infinite."""
   loss = np.asarray(loss, np.float64)
   return np.where(np.all(np.isfinite(loss), axis=axis), np.mean(loss, axis=axis), np.inf)
+
+
+def seed_stderr(loss, axis: int = 0) -> np.ndarray:
+  """Standard error of the seed mean (0 with one seed; inf where a run diverged)."""
+  loss = np.asarray(loss, np.float64)
+  n = loss.shape[axis]
+  if n < 2:
+    return np.where(np.all(np.isfinite(loss), axis=axis), 0.0, np.inf)
+  spread = np.std(loss, axis=axis, ddof=1) / np.sqrt(n)
+  return np.where(np.isfinite(spread), spread, np.inf)
 
 
 def best_over(loss, axes) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
@@ -122,3 +132,71 @@ def critical_batch_from_curve(batch_sizes, best_loss, factor: float = 2.0) -> fl
     return float(np.exp(b[i]))
   w = (limit - logl[i]) / (logl[first] - logl[i])
   return float(np.exp(b[i] + w * (b[first] - b[i])))
+
+
+class ResonanceFlags(NamedTuple):
+  """Warnings on the best point of a budget sweep, one entry per budget D.
+
+  A sign step moves every coordinate by exactly :math:`\\eta`, so after K steps at a
+  large batch (a near-deterministic sign) coordinate 1 has travelled :math:`\\eta K`
+  and sits exactly on :math:`\\theta^*_1 = 1` when :math:`\\eta K` is an integer
+  whose parity fits. Such a point is a grid artifact, not scaling: its loss drops
+  below the small-batch plateau that the scaling law predicts.
+
+  Attributes:
+    lr_steps: :math:`\\eta K` of the best point.
+    near_integer: :math:`\\eta K` within ``tolerance`` of a positive integer.
+    dip: the best point's loss (tuned over :math:`\\eta`) undercuts every neighbour
+      in B (tuned too) by more than ``threshold`` combined seed standard errors; the
+      theory's tuned loss is flat below the critical batch size and rises above it.
+    flagged: ``near_integer | dip``.
+  """
+  lr_steps: np.ndarray
+  near_integer: np.ndarray
+  dip: np.ndarray
+  flagged: np.ndarray
+
+
+def resonance_flags(budgets, batch_sizes, learning_rates, mean, stderr, *,
+                    tolerance: float = 0.01, threshold: float = 2.0) -> ResonanceFlags:
+  """Flags best points of a sweep that may be resonances rather than scaling.
+
+  Args:
+    budgets: ``(n_D,)`` data budgets; the best point of D with batch B ran
+      :math:`K = \\lfloor D/B \\rfloor` steps.
+    batch_sizes: ``(n_B,)``, increasing.
+    learning_rates: ``(n_B, n_lr)``.
+    mean, stderr: ``(n_D, n_B, n_lr)`` seed mean and its standard error (NaN or inf
+      where a cell did not run or diverged).
+    tolerance: distance of :math:`\\eta K` to the nearest positive integer that
+      flags it (0.01 = 1% of the first resonance :math:`\\eta K = 1`).
+    threshold: how many combined standard errors a dip in B must exceed.
+  """
+  _checks.positive("tolerance", tolerance)
+  _checks.non_negative("threshold", threshold)
+  budgets = np.asarray(budgets, np.int64)
+  batch_sizes = np.asarray(batch_sizes, np.int64)
+  learning_rates = np.asarray(learning_rates, np.float64)
+  mean = np.asarray(mean, np.float64)
+  stderr = np.asarray(stderr, np.float64)
+  expected = (budgets.size, batch_sizes.size, learning_rates.shape[-1])
+  if mean.shape != expected or stderr.shape != expected:
+    raise ValueError(f"mean, stderr: must have shape (n_D, n_B, n_lr) = {expected}, "
+                     f"got {mean.shape} and {stderr.shape}")
+  per_batch, (lr_index,) = best_over(mean, 2)                           # (D, B)
+  per_batch_err = np.take_along_axis(stderr, lr_index[..., None], 2)[..., 0]
+  _, (b_index,) = best_over(per_batch, 1)                               # (D,)
+  rows = np.arange(budgets.size)
+  eta = learning_rates[b_index, lr_index[rows, b_index]]
+  lr_steps = eta * (budgets // batch_sizes[b_index])
+  nearest = np.round(lr_steps)
+  near_integer = (nearest >= 1) & (np.abs(lr_steps - nearest) <= tolerance)
+  dip = np.zeros(budgets.size, bool)
+  for i, b in enumerate(b_index):
+    best, err = per_batch[i, b], per_batch_err[i, b]
+    neighbours = [n for n in (b - 1, b + 1)
+                  if 0 <= n < batch_sizes.size and np.isfinite(per_batch[i, n])]
+    dip[i] = bool(neighbours) and all(
+        per_batch[i, n] - best > threshold * np.hypot(err, per_batch_err[i, n])
+        for n in neighbours)
+  return ResonanceFlags(lr_steps, near_integer, dip, near_integer | dip)

@@ -14,6 +14,8 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
+from signflax.linreg import _checks
+
 
 class PowerLawProblem(NamedTuple):
   """A diagonal power-law regression problem.
@@ -42,6 +44,8 @@ class PowerLawProblem(NamedTuple):
 
 def relative_difficulty(alpha: float, beta: float) -> float:
   """:math:`s = (\\alpha - 1) / \\beta` (Li et al. 2026, Assumption B.3)."""
+  _checks.greater_than("alpha", alpha, 1)
+  _checks.greater_than("beta", beta, 1)
   return (alpha - 1.0) / beta
 
 
@@ -49,10 +53,10 @@ def power_law_problem(dim: int, alpha: float, beta: float, noise_std: float = 1.
                       dtype=jnp.float32) -> PowerLawProblem:
   """Builds the problem with :math:`\\lambda_j = j^{-\\beta}` and
   :math:`\\lambda_j \\theta^{*2}_j = j^{-\\alpha}`, :math:`j = 1..d`."""
-  if dim < 1:
-    raise ValueError(f"dim: must be >= 1, got {dim}")
-  if alpha <= 1 or beta <= 1:
-    raise ValueError(f"alpha, beta: must be > 1, got alpha={alpha}, beta={beta}")
+  _checks.integer("dim", dim, 1)
+  _checks.greater_than("alpha", alpha, 1)
+  _checks.greater_than("beta", beta, 1)
+  _checks.non_negative("noise_std", noise_std)
   j = np.arange(1, dim + 1, dtype=np.float64)
   eigenvalues = j ** -beta
   theta_star = j ** ((beta - alpha) / 2.0)

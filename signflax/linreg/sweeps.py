@@ -15,9 +15,13 @@ from typing import Callable, NamedTuple, Sequence
 import jax
 import numpy as np
 
-from signflax.linreg import simulator
+from signflax.linreg import _checks, simulator
 from signflax.linreg.problems import PowerLawProblem
 from signflax.linreg.theory import OPTIMIZER_FAMILIES
+from signflax.optim import batch_scaled_learning_rate
+
+# The learning rate / batch size rule of each family (``batch_scaled_learning_rate``).
+_BATCH_RULE = {"sgd": "linear", "sign": "sqrt"}
 
 
 class BudgetSweep(NamedTuple):
@@ -38,12 +42,15 @@ class BudgetSweep(NamedTuple):
 def learning_rate_grid(family: str, effective_learning_rates, batch_sizes) -> np.ndarray:
   """``(n_B, n_lr)`` learning rates :math:`\\eta = \\gamma B` (SGD, linear rule) or
   :math:`\\gamma\\sqrt{B}` (sign methods, square-root rule) for a grid of :math:`\\gamma`,
-  so one grid of effective learning rates covers every batch size."""
-  if family not in OPTIMIZER_FAMILIES:
-    raise ValueError(f"family: must be one of {', '.join(OPTIMIZER_FAMILIES)}, got {family!r}")
-  b = np.asarray(batch_sizes, np.float64)[:, None]
-  return np.asarray(effective_learning_rates, np.float64)[None, :] * (
-      b if family == "sgd" else np.sqrt(b))
+  so one grid of effective learning rates covers every batch size (the rule of
+  ``signflax.optim.batch_scaled_learning_rate`` from base batch size 1)."""
+  _checks.choice("family", family, OPTIMIZER_FAMILIES)
+  _checks.positive("effective_learning_rates", effective_learning_rates)
+  _checks.positive("batch_sizes", batch_sizes)
+  rule = _BATCH_RULE[family]
+  factors = [batch_scaled_learning_rate(1.0, int(b), 1, rule) for b in np.ravel(batch_sizes)]
+  return np.asarray(factors, np.float64)[:, None] * np.asarray(
+      effective_learning_rates, np.float64)[None, :]
 
 
 def budget_sweep(problem: PowerLawProblem, optimizer_fn: simulator.OptimizerFn, budgets,
@@ -63,6 +70,10 @@ def budget_sweep(problem: PowerLawProblem, optimizer_fn: simulator.OptimizerFn, 
       (horizon-dependent schedules); ``optimizer_fn`` is then unused.
     Other arguments as in ``simulator.simulate``.
   """
+  _checks.positive("budgets", budgets)
+  _checks.positive("batch_sizes", batch_sizes)
+  if optimizer_fn is None and optimizer_for_horizon is None:
+    raise ValueError("optimizer_fn: must be given unless optimizer_for_horizon is")
   budgets = np.asarray(budgets, np.int64)
   batch_sizes = np.asarray(batch_sizes, np.int64)
   lrs = np.asarray(learning_rates, np.float64)

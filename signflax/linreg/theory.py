@@ -20,12 +20,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from signflax.linreg import _checks
 from signflax.linreg.problems import PowerLawProblem
 
 OPTIMIZER_FAMILIES = ("sgd", "sign")
 REGIMES = ("burn-in", "scaling", "unstable")
-
-
+SGD_NOISE_MODELS = ("hessian_aligned", "minibatch")
+ODE_DRIFTS = ("arcsine", "linearized")
 
 # ----------------------------------------------------------------------------- SGD, exact
 
@@ -43,6 +44,7 @@ def sgd_expected_risk(problem: PowerLawProblem, learning_rate, batch_size, steps
   ``learning_rate``, ``batch_size`` and ``steps`` broadcast against each other
   (float64, NumPy); the result has their broadcast shape.
   """
+  _check_grid(learning_rate, batch_size, steps)
   lam = np.asarray(problem.eigenvalues, np.float64)
   tstar2 = np.asarray(problem.theta_star, np.float64) ** 2
   eta, batch, k = np.broadcast_arrays(np.asarray(learning_rate, np.float64),
@@ -110,6 +112,10 @@ def sgd_risk_recursion(problem: PowerLawProblem, learning_rates, batch_sizes, st
   Returns:
     ``(n_configs, n_steps)`` expected excess risk (float32).
   """
+  _checks.choice("noise_model", noise_model, SGD_NOISE_MODELS)
+  _check_grid(learning_rates, batch_sizes, steps)
+  if np.any(np.diff(np.asarray(steps)) < 0):
+    raise ValueError(f"steps: must be non-decreasing, got {np.asarray(steps).tolist()}")
   lrs, bs = np.broadcast_arrays(np.atleast_1d(np.asarray(learning_rates, np.float32)),
                                 np.atleast_1d(np.asarray(batch_sizes, np.float32)))
   return np.asarray(_sgd_recursion(
@@ -140,14 +146,6 @@ class ScalingLaw(NamedTuple):
   initial: float = 1.0
 
 
-def effective_learning_rate(family: str, learning_rate, batch_size):
-  """:math:`\\gamma = \\eta/B` for SGD (linear rule), :math:`\\eta/\\sqrt{B}` for sign
-  methods (square-root rule), Li et al. (2026) App. B.3."""
-  _check_family(family)
-  batch = np.asarray(batch_size, np.float64)
-  return np.asarray(learning_rate) / (batch if family == "sgd" else np.sqrt(batch))
-
-
 def scaling_law_terms(family: str, s: float, learning_rate, batch_size, steps):
   """The basis terms of the scaling laws, stacked on the last axis.
 
@@ -155,6 +153,8 @@ def scaling_law_terms(family: str, s: float, learning_rate, batch_size, steps):
   :math:`[(\\eta\\sqrt{B}k)^{-2s},\\ \\eta/\\sqrt{B},\\ \\eta^2]`.
   """
   _check_family(family)
+  _checks.positive("s", s)
+  _check_grid(learning_rate, batch_size, steps)
   eta, batch, k = (np.asarray(x, np.float64) for x in
                    np.broadcast_arrays(learning_rate, batch_size, steps))
   if family == "sgd":
@@ -166,6 +166,7 @@ def scaling_law_terms(family: str, s: float, learning_rate, batch_size, steps):
 def regime(learning_rate, batch_size, steps) -> np.ndarray:
   """signSGD regime of Theorem 3.1: 0 burn-in (:math:`\\eta k < 1`), 1 scaling
   (:math:`\\eta\\sqrt{B} \\le 1`), 2 unstable (:math:`\\eta\\sqrt{B} > 1`)."""
+  _check_grid(learning_rate, batch_size, steps)
   eta, batch, k = np.broadcast_arrays(learning_rate, batch_size, steps)
   return np.where(eta * k < 1, 0, np.where(eta * np.sqrt(batch) <= 1, 1, 2))
 
@@ -204,6 +205,7 @@ def optimal_effective_learning_rate(law: ScalingLaw, data):
   """:math:`\\gamma^* = \\arg\\min_\\gamma A(D\\gamma)^{-p} + C\\gamma
   = (pAD^{-p}/C)^{1/(p+1)}`, with :math:`p = s` (SGD) or :math:`2s` (sign)."""
   p = _signal_power(law.family, law.s)
+  _checks.positive("data", data)
   data = np.asarray(data, np.float64)
   return (p * law.signal * data ** -p / law.noise) ** (1 / (p + 1))
 
@@ -218,6 +220,8 @@ def optimal_loss(law: ScalingLaw, data, batch_size=1, stability: float = 1.0):
   \\propto D^{-p/(p+1)}`; above it, :math:`\\approx A(D/B)^{-p}`.
   """
   p = _signal_power(law.family, law.s)
+  _checks.positive("batch_size", batch_size)
+  _checks.positive("stability", stability)
   data = np.asarray(data, np.float64)
   gamma = np.minimum(optimal_effective_learning_rate(law, data),
                      stability / np.asarray(batch_size, np.float64))
@@ -226,55 +230,91 @@ def optimal_loss(law: ScalingLaw, data, batch_size=1, stability: float = 1.0):
 
 def critical_batch_size(law: ScalingLaw, data, stability: float = 1.0):
   """:math:`B^*_D = c/\\gamma^*_D \\propto D^{p/(p+1)}` (Li et al. 2026, App. B.3.3)."""
+  _checks.positive("stability", stability)
   return stability / optimal_effective_learning_rate(law, data)
 
 
 def _signal_power(family: str, s: float) -> float:
   _check_family(family)
+  _checks.positive("s", s)
   return s if family == "sgd" else 2 * s
 
 
 def _check_family(family: str) -> None:
-  if family not in OPTIMIZER_FAMILIES:
-    raise ValueError(f"family: must be one of {', '.join(OPTIMIZER_FAMILIES)}, got {family!r}")
+  _checks.choice("family", family, OPTIMIZER_FAMILIES)
+
+
+def _check_grid(learning_rate, batch_size, steps) -> None:
+  """Learning rates >= 0, batch sizes > 0, steps >= 0 (all finite)."""
+  _checks.non_negative("learning_rate", learning_rate)
+  _checks.positive("batch_size", batch_size)
+  _checks.non_negative("steps", steps)
 
 
 # ----------------------------------------------------------------------------- Xiao et al. ODE
 
 
 def signsgd_risk_ode(problem: PowerLawProblem, learning_rate: float, times, *,
-                     dt: float | None = None) -> np.ndarray:
-  """Risk of signSGD from the ODE of Xiao et al. (2024), one sample per step.
+                     dt: float | None = None, drift: str = "arcsine") -> np.ndarray:
+  """Risk of signSGD with one sample per step and step size :math:`\\eta/d`, from the
+  risk ODE of Xiao et al. (2024).
 
-  With step size :math:`\\eta/d`, time :math:`t = k/d`, :math:`v_j = E\\delta_j^2/2` and
-  :math:`R = \\sum_j \\lambda_j v_j` (the excess risk),
+  In time :math:`t = k/d`, with :math:`v_j = E\\delta_j^2/2` and
+  :math:`R = \\sum_j \\lambda_j v_j` (the excess risk), one step moves coordinate j by
+  :math:`-(\\eta/d)\\,\\mathrm{sgn}(x_j r)`. For Gaussian features and noise, feature
+  :math:`x_j` and residual :math:`r` are jointly Gaussian with correlation
+  :math:`\\rho_j = \\sqrt{\\lambda_j}\\,\\delta_j / \\sqrt{2R + \\sigma^2}`, and
+  :math:`E[\\mathrm{sgn}(x_j r)] = \\tfrac{2}{\\pi}\\arcsin\\rho_j` (the arcsine law;
+  :math:`\\mathrm{sgn}^2 = 1` gives the source term exactly). Closing with
+  :math:`|\\delta_j| = \\sqrt{2 v_j}`:
 
   .. math::
-    \\frac{dv_j}{dt} = -\\frac{4\\eta}{\\pi}\\frac{\\sqrt{\\lambda_j}\\, v_j}{\\sqrt{2R + \\sigma^2}}
-      + \\frac{\\eta^2}{2d},
+    \\frac{dv_j}{dt} = -\\frac{2\\eta}{\\pi}\\sqrt{2 v_j}\\,
+      \\arcsin\\sqrt{\\frac{2\\lambda_j v_j}{2R + \\sigma^2}} + \\frac{\\eta^2}{2d}
+    \\qquad (\\texttt{drift="arcsine"}).
 
-  the drift coming from :math:`E[\\mathrm{sgn}(x_j r)] = \\tfrac{2}{\\pi}\\arcsin\\rho_j
-  \\approx \\tfrac{2}{\\pi}\\rho_j` for the correlation :math:`\\rho_j` of feature
-  :math:`x_j` and residual :math:`r`. Solved by classical RK4 (float64).
+  ``drift="linearized"`` replaces :math:`\\arcsin\\rho` by :math:`\\rho`, the form of
+  Xiao et al.'s high-dimensional limit (every :math:`\\rho_j \\to 0`):
+  :math:`dv_j/dt = -\\tfrac{4\\eta}{\\pi}\\sqrt{\\lambda_j}\\, v_j/\\sqrt{2R + \\sigma^2}
+  + \\eta^2/(2d)`. On power-law problems the top coordinates keep :math:`\\rho_j` of
+  order 1 early on at any d, where the linearized drift is too fast by up to
+  :math:`\\pi/2`. Both close the moment hierarchy at :math:`E|\\delta_j| =
+  \\sqrt{E\\delta_j^2}`, exact while the fluctuation of :math:`\\delta_j` (of order
+  :math:`\\eta/\\sqrt{d}`) is small next to :math:`|\\delta_j|`. Solved by classical RK4
+  (float64).
 
   Args:
     problem: the regression problem (d = ``problem.dim``).
-    learning_rate: :math:`\\eta` (the per-step size is :math:`\\eta/d`).
-    times: increasing times :math:`t \\ge 0` at which to report :math:`R(t)`.
+    learning_rate: :math:`\\eta > 0` (the per-step size is :math:`\\eta/d`).
+    times: non-decreasing times :math:`t \\ge 0` at which to report :math:`R(t)`.
     dt: RK4 step; default :math:`0.02 / \\eta`.
+    drift: ``"arcsine"`` (exact for Gaussian data) or ``"linearized"``.
 
   Returns:
     ``R(t)`` at ``times``.
   """
+  _checks.positive("learning_rate", learning_rate)
+  _checks.non_negative("times", times)
+  _checks.choice("drift", drift, ODE_DRIFTS)
+  times = np.atleast_1d(np.asarray(times, np.float64))
+  if np.any(np.diff(times) < 0):
+    raise ValueError(f"times: must be non-decreasing, got {times.tolist()}")
+  if dt is not None:
+    _checks.positive("dt", dt)
   lam = np.asarray(problem.eigenvalues, np.float64)
-  rate = 4.0 * learning_rate / np.pi * np.sqrt(lam)
+  sqrt_lam = np.sqrt(lam)
   source = learning_rate**2 / (2.0 * problem.dim)
   sigma2 = problem.noise_std**2
 
   def f(v):
-    return -rate * v / np.sqrt(2.0 * np.dot(lam, v) + sigma2) + source
+    v = np.maximum(v, 0.0)       # an RK4 stage may overshoot zero by rounding
+    scale = np.sqrt(2.0 * np.dot(lam, v) + sigma2)
+    if drift == "linearized":
+      return -4.0 * learning_rate / np.pi * sqrt_lam * v / scale + source
+    abs_delta = np.sqrt(2.0 * v)
+    rho = np.minimum(sqrt_lam * abs_delta / scale, 1.0)
+    return -2.0 * learning_rate / np.pi * abs_delta * np.arcsin(rho) + source
 
-  times = np.asarray(times, np.float64)
   dt = dt or 0.02 / learning_rate
   v = 0.5 * np.asarray(problem.theta_star, np.float64) ** 2
   t, out = 0.0, []

@@ -3,6 +3,11 @@
 Measured critical batch sizes (where the tuned loss first exceeds 2x its small-batch plateau) at
 D = 2^12..2^18; their growth exponent vs s/(s+1) (SGD) and 2s/(2s+1) (signSGD).
 ~1-2 min on 2 CPU cores. SGD also gets the exact-recursion estimate (no seed noise).
+
+Learning-rate grid a quarter step off the powers of two (lr_grid_offset) and cells outside
+eta*sqrt(B) <= 1 (sign) or eta <= 1 (SGD) dropped (stable_only), so no best point can be an
+exact eta*K = 1 landing on theta*_1; see data_scaling.py for why. Suspect best points are
+flagged in the table and results.json.
 """
 
 import ml_collections
@@ -25,6 +30,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.log2_batch_max = 16
   c.lr_min = 2.0**-16
   c.lr_max = 1.0
+  c.lr_grid_offset = 0.25              # grid points off the powers of two
+  c.stable_only = True                   # only eta*sqrt(B) <= 1 (sign), eta <= 1 (SGD)
   c.lr_points_per_octave = 2
   c.num_seeds = 16
   c.seed = 0

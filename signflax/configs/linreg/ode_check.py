@@ -1,8 +1,13 @@
-"""ODE check (Xiao et al. 2024): signSGD with one sample per step and step eta/d vs
-the risk ODE dv_j/dt = -(4 eta/pi) sqrt(lambda_j) v_j / sqrt(2R + sigma^2) + eta^2/(2d).
+"""ODE check (Xiao et al. 2024): signSGD with one sample per step and step eta/d vs the
+risk ODE dv_j/dt = -(2 eta/pi) sqrt(2 v_j) arcsin(rho_j) + eta^2/(2d), with the correlation
+rho_j = sqrt(2 lambda_j v_j / (2R + sigma^2)) of feature j and residual; the table also shows
+the linearized drift (arcsin rho ~ rho, the paper's high-dimensional limit).
 
-d = 1000, alpha = 1.5, beta = 1.2 (a flat target and spectrum, so no single coordinate
-dominates the risk: the high-dimensional regime of the ODE; max gap ~1%). ~15 s on 2 CPU cores.
+d = 2000, alpha = 1.5, beta = 1.2 (a flat target and spectrum, so no single coordinate
+dominates the risk). Measured max gaps to t = 16, 16 seeds: arcsine 0.4% at d = 2000 and
+0.2% at d = 4000; linearized 1.1-1.5% at every d (its error does not shrink with d,
+the top coordinates' rho_j being of order 1). At d = 1000 the simulation sits ~1% above
+the arcsine ODE (a finite-d effect of order 1/d). ~1 min on 2 CPU cores.
 """
 
 import ml_collections
@@ -11,7 +16,7 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.experiment = "ode_check"
-  c.dim = 1000
+  c.dim = 2000
   c.alpha = 1.5
   c.beta = 1.2
   c.noise_std = 1.0
