@@ -138,21 +138,28 @@ def sgd_plrf_risk_recursion(problem: PLRFProblem, learning_rates, batch_size: in
   """
   kernel, cross, bias = _moments(problem)
   steps = np.asarray(steps, np.int64)
-  out = np.zeros((np.size(learning_rates), steps.size))
+  eta = np.atleast_1d(np.asarray(learning_rates, np.float64))[:, None]       # (L, 1)
   inv_b, noise = 1.0 / batch_size, problem.noise_std ** 2
-  for i, eta in enumerate(np.atleast_1d(np.asarray(learning_rates, np.float64))):
-    mean, second = np.zeros_like(cross), np.zeros_like(kernel)
-    risk = lambda m, s: 0.5 * (np.sum(kernel * s) - 2 * cross @ m + bias)
-    record = {int(k): j for j, k in enumerate(steps)}
-    for k in range(int(steps.max()) + 1):
-      if k in record:
-        out[i, record[k]] = risk(mean, second)
-      km, ks = kernel @ mean, kernel @ second
-      outer = np.outer(km, cross)
-      drift = ks + ks.T - np.outer(cross, mean) - np.outer(mean, cross)
-      quad = (1 + inv_b) * (ks @ kernel - outer - outer.T + np.outer(cross, cross))
-      quad += inv_b * (2 * risk(mean, second) + noise) * kernel
-      mean, second = mean - eta * (km - cross), second - eta * drift + eta ** 2 * quad
+  with np.errstate(all="ignore"):  # a divergent step size overflows to inf / nan
+    out = _iterate_moments(kernel, cross, bias, eta, inv_b, noise, steps)
+  return np.where(np.isfinite(out) & (out >= 0), out, np.inf)  # < 0: overflowed
+
+
+def _iterate_moments(kernel, cross, bias, eta, inv_b, noise, steps):
+  out = np.zeros((eta.size, steps.size))
+  mean = np.zeros((eta.size, cross.size))                                   # (L, d)
+  second = np.zeros((eta.size,) + kernel.shape)                             # (L, d, d)
+  for k in range(int(steps.max()) + 1):
+    risk = 0.5 * (np.einsum("ij,lij->l", kernel, second) - 2 * mean @ cross + bias)
+    out[:, steps == k] = risk[:, None]
+    km, ks = mean @ kernel, kernel @ second                                 # K symmetric
+    outer = km[:, :, None] * cross
+    cm = cross[:, None] * mean[:, None, :]
+    drift = ks + np.swapaxes(ks, 1, 2) - cm - np.swapaxes(cm, 1, 2)
+    quad = (1 + inv_b) * (ks @ kernel - outer - np.swapaxes(outer, 1, 2) + np.outer(cross, cross))
+    quad += (inv_b * (2 * risk + noise))[:, None, None] * kernel
+    mean = mean - eta * (km - cross)
+    second = second - eta[:, :, None] * drift + (eta ** 2)[:, :, None] * quad
   return out
 
 
@@ -175,7 +182,7 @@ class PLRFResult(NamedTuple):
 
 
 def _unit_schedule(decay_fraction: float, warmup_fraction: float):
-  """``(step, horizon, schedule code) -> rate / peak`` for every schedule at once:
+  r"""``(step, horizon, schedule code) -> rate / peak`` for every schedule at once:
   ``signflax.optim.wsd_schedule`` of a fixed reference length, read at
   :math:`\lfloor k R / H \rfloor` so the horizon H may be traced; the constant
   schedule is the no-warmup WSD with :math:`H = \infty` (it never decays)."""
