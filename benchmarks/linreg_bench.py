@@ -133,6 +133,15 @@ def _time_plrf_numpy(problem, lrs, batch, steps, seeds, sign: bool, vectorized: 
   return problem.dim * runs * steps / elapsed
 
 
+def _row(model, name, d, runs, batch, steps, jax_rate, np_rate, npv_rate, floor, floor_note):
+  return dict(noise_model=model, optimizer=name, d=d, runs=runs, batch=batch, steps=steps,
+              updates_per_s=jax_rate, numpy_updates_per_s=np_rate,
+              vectorized_numpy_updates_per_s=npv_rate, speedup_vs_numpy=jax_rate / np_rate,
+              speedup_vs_vectorized_numpy=jax_rate / npv_rate, speedup_goal=">= 20x (CPU)",
+              fraction_of_bandwidth_floor=None if floor is None else jax_rate / floor,
+              bandwidth_floor_goal=">= 50% (GPU)" if floor else floor_note)
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
@@ -157,14 +166,8 @@ def main(argv=None) -> int:
     sign = name == "sign_sgd"
     np_rate = _time_numpy(problem, lrs, batch, np_steps, seeds, noise_model, sign, False)
     npv_rate = _time_numpy(problem, lrs, batch, np_steps, seeds, noise_model, sign, True)
-    rows.append(dict(noise_model=noise_model, optimizer=name, d=d, runs=seeds * n_lr,
-                     batch=batch, steps=steps, updates_per_s=jax_rate,
-                     numpy_updates_per_s=np_rate, vectorized_numpy_updates_per_s=npv_rate,
-                     speedup_vs_numpy=jax_rate / np_rate,
-                     speedup_vs_vectorized_numpy=jax_rate / npv_rate,
-                     speedup_goal=">= 20x (CPU)",
-                     fraction_of_bandwidth_floor=None if floor is None else jax_rate / floor,
-                     bandwidth_floor_goal=">= 50% (GPU)" if floor else floor_note))
+    rows.append(_row(noise_model, name, d, seeds * n_lr, batch, steps, jax_rate, np_rate,
+                     npv_rate, floor, floor_note))
   for name, v, d, seeds, n_lr, batch, steps, np_steps in [
       ("sign_sgd", 512, 128, 8, 16, 1, 2000 // scale, 200 // scale)]:
     problem = plrf.plrf_problem(v, d, 1.0, 1.5)
@@ -172,14 +175,8 @@ def main(argv=None) -> int:
     jax_rate = _time_plrf_jax(problem, optax.sign_sgd, lrs, batch, steps, seeds)
     np_rate = _time_plrf_numpy(problem, lrs, batch, np_steps, seeds, True, False)
     npv_rate = _time_plrf_numpy(problem, lrs, batch, np_steps, seeds, True, True)
-    rows.append(dict(noise_model=f"plrf v={v}", optimizer=name, d=d, runs=seeds * n_lr,
-                     batch=batch, steps=steps, updates_per_s=jax_rate,
-                     numpy_updates_per_s=np_rate, vectorized_numpy_updates_per_s=npv_rate,
-                     speedup_vs_numpy=jax_rate / np_rate,
-                     speedup_vs_vectorized_numpy=jax_rate / npv_rate,
-                     speedup_goal=">= 20x (CPU)",
-                     fraction_of_bandwidth_floor=None if floor is None else jax_rate / floor,
-                     bandwidth_floor_goal=">= 50% (GPU)" if floor else floor_note))
+    rows.append(_row(f"plrf v={v}", name, d, seeds * n_lr, batch, steps, jax_rate, np_rate,
+                     npv_rate, floor, floor_note))
   device = jax.devices()[0]
   print(f"linreg simulator throughput on {len(jax.devices())} x {device.device_kind} "
         f"({device.platform}); bandwidth floor: {floor_note}")
