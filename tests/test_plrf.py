@@ -108,6 +108,7 @@ def test_cli_rejects_bad_configs_in_one_line(override, needle, tmp_path, capsys)
   assert not workdir.exists()
 
 
+@pytest.mark.slow
 def test_default_config_is_valid_and_tiny_run_writes_results(tmp_path, capsys):
   lab.validate(cli.load_config_file(CONFIG))
   lab.validate(cli.load_config_file(CONFIG.with_name("compute_optimal_gpu.py")))
