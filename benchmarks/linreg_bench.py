@@ -2,8 +2,9 @@
 
     python benchmarks/linreg_bench.py [--quick] [--json PATH]
 
-Rows: the hessian-aligned model (O(d) per step) and the minibatch model (O(Bd) per
-step), each against
+Rows: the hessian-aligned model (O(d) per step), the minibatch model (O(Bd) per
+step) and power-law random features (``plrf``: B fresh x in R^v embedded by W, O(Bvd)
+per step and seed, shared by the seed's configs), each against
 
 * a plain NumPy loop of the same update, one run at a time as researchers write it
   (steps looped in Python, coordinates vectorized; goal: the JAX simulator >= 20x
@@ -29,6 +30,7 @@ import numpy as np
 import optax
 
 from signflax import linreg
+from signflax.linreg import plrf
 
 # Peak memory bandwidth (bytes/s) by device kind, from the vendors' data sheets.
 _BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12, "V100": 0.9e12, "L4": 0.3e12,
@@ -95,6 +97,51 @@ def _time_numpy(problem, lrs, batch, steps, seeds, noise_model, sign: bool,
   return problem.dim * runs * steps / elapsed
 
 
+def _time_plrf_jax(problem, optimizer_fn, lrs, batch, steps, seeds) -> float:
+  kwargs = dict(num_seeds=seeds)
+  plrf.simulate_plrf(problem, optimizer_fn, lrs, batch, steps, **kwargs)      # compile
+  start = time.perf_counter()
+  result = plrf.simulate_plrf(problem, optimizer_fn, lrs, batch, steps, **kwargs)
+  elapsed = time.perf_counter() - start
+  assert np.all(np.isfinite(result.risk))
+  return problem.dim * seeds * len(lrs) * steps / elapsed
+
+
+def _time_plrf_numpy(problem, lrs, batch, steps, seeds, sign: bool, vectorized: bool) -> float:
+  """PLRF steps as a NumPy loop: one run at a time (two runs timed) or all runs at once,
+  each seed's samples shared by its learning rates."""
+  rng = np.random.default_rng(0)
+  std, target = np.asarray(problem.feature_std), np.asarray(problem.target)
+  w = np.asarray(problem.embedding)
+  direction = np.sign if sign else (lambda g: g)
+  shape = (seeds,) if vectorized else ()
+  runs = seeds * len(lrs) if vectorized else 2
+  etas = [np.asarray(lrs, np.float32)[None, :, None]] if vectorized else lrs[:2]
+  start = time.perf_counter()
+  for eta in etas:
+    theta = np.zeros((seeds, len(lrs), problem.dim) if vectorized else problem.dim, np.float32)
+    for _ in range(steps):
+      x = std * rng.standard_normal(shape + (batch, problem.num_features), np.float32)
+      features, labels = x @ w, x @ target
+      if vectorized:
+        residual = np.einsum("sbd,scd->scb", features, theta) - labels[:, None, :]
+        grad = np.einsum("sbd,scb->scd", features, residual) / batch
+      else:
+        grad = features.T @ (features @ theta - labels) / batch
+      theta -= np.float32(1) * eta * direction(grad)
+  elapsed = time.perf_counter() - start
+  return problem.dim * runs * steps / elapsed
+
+
+def _row(model, name, d, runs, batch, steps, jax_rate, np_rate, npv_rate, floor, floor_note):
+  return dict(noise_model=model, optimizer=name, d=d, runs=runs, batch=batch, steps=steps,
+              updates_per_s=jax_rate, numpy_updates_per_s=np_rate,
+              vectorized_numpy_updates_per_s=npv_rate, speedup_vs_numpy=jax_rate / np_rate,
+              speedup_vs_vectorized_numpy=jax_rate / npv_rate, speedup_goal=">= 20x (CPU)",
+              fraction_of_bandwidth_floor=None if floor is None else jax_rate / floor,
+              bandwidth_floor_goal=">= 50% (GPU)" if floor else floor_note)
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
@@ -119,14 +166,17 @@ def main(argv=None) -> int:
     sign = name == "sign_sgd"
     np_rate = _time_numpy(problem, lrs, batch, np_steps, seeds, noise_model, sign, False)
     npv_rate = _time_numpy(problem, lrs, batch, np_steps, seeds, noise_model, sign, True)
-    rows.append(dict(noise_model=noise_model, optimizer=name, d=d, runs=seeds * n_lr,
-                     batch=batch, steps=steps, updates_per_s=jax_rate,
-                     numpy_updates_per_s=np_rate, vectorized_numpy_updates_per_s=npv_rate,
-                     speedup_vs_numpy=jax_rate / np_rate,
-                     speedup_vs_vectorized_numpy=jax_rate / npv_rate,
-                     speedup_goal=">= 20x (CPU)",
-                     fraction_of_bandwidth_floor=None if floor is None else jax_rate / floor,
-                     bandwidth_floor_goal=">= 50% (GPU)" if floor else floor_note))
+    rows.append(_row(noise_model, name, d, seeds * n_lr, batch, steps, jax_rate, np_rate,
+                     npv_rate, floor, floor_note))
+  for name, v, d, seeds, n_lr, batch, steps, np_steps in [
+      ("sign_sgd", 512, 128, 8, 16, 1, 2000 // scale, 200 // scale)]:
+    problem = plrf.plrf_problem(v, d, 1.0, 1.5)
+    lrs = list(np.geomspace(1e-4, 1e-2, n_lr))
+    jax_rate = _time_plrf_jax(problem, optax.sign_sgd, lrs, batch, steps, seeds)
+    np_rate = _time_plrf_numpy(problem, lrs, batch, np_steps, seeds, True, False)
+    npv_rate = _time_plrf_numpy(problem, lrs, batch, np_steps, seeds, True, True)
+    rows.append(_row(f"plrf v={v}", name, d, seeds * n_lr, batch, steps, jax_rate, np_rate,
+                     npv_rate, floor, floor_note))
   device = jax.devices()[0]
   print(f"linreg simulator throughput on {len(jax.devices())} x {device.device_kind} "
         f"({device.platform}); bandwidth floor: {floor_note}")

@@ -56,6 +56,9 @@ def _need(config, field: str):
 
 def validate(config) -> None:
   """Checks every field the chosen experiment uses; raises a one-line ValueError."""
+  if config.get("experiment") == "compute_optimal":  # model-size lab, its own module
+    from signflax.experiments import compute_optimal
+    return compute_optimal.validate(config)
   experiment = _need(config, "experiment")
   if experiment not in EXPERIMENTS:
     _fail("experiment", f"must be one of {', '.join(EXPERIMENTS)}", experiment)
@@ -492,6 +495,9 @@ _RUNNERS = {"data_scaling": _data_scaling, "batch_scaling": _batch_scaling,
 
 def run(config, workdir) -> int:
   """Runs ``config.experiment`` and writes results, figures and scalars to ``workdir``."""
+  if config.get("experiment") == "compute_optimal":
+    from signflax.experiments import compute_optimal
+    return compute_optimal.run(config, workdir)
   validate(config)           # before any directory or compile: bad input costs nothing
   out = pathlib.Path(workdir)
   out.mkdir(parents=True, exist_ok=True)

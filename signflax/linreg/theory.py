@@ -330,3 +330,113 @@ def signsgd_risk_ode(problem: PowerLawProblem, learning_rate: float, times, *,
     t = target
     out.append(np.dot(lam, v))
   return np.asarray(out)
+
+
+# ----------------------------------------------------------------------------- PLRF (model size)
+# Power-law random features (signflax.linreg.plrf): Paquette, Paquette, Xiao and Pennington
+# (2024), "4+3 Phases of Compute-Optimal Neural Scaling Laws", and Kim, Song and Yun (2026),
+# "Scaling Laws of SignSGD in Linear Regression: When Does It Outperform SGD?".
+
+PLRF_PHASES = ("Ia", "Ib", "Ic", "II", "III", "IV")
+
+
+def plrf_phase(alpha: float, beta: float) -> str:
+  """Phase of (alpha, beta) in Paquette et al.'s phase plane (their Fig. 2a / Table 2).
+
+  Above the high-dimensional line :math:`2\\alpha > 1`: Ia (:math:`2\\beta < 1`, capacity
+  and pure-point forcing), II (:math:`2\\beta > 1`, :math:`\\beta < \\alpha`: pure-point and
+  absolutely-continuous forcing) and III (:math:`2\\beta > 1`, :math:`\\beta > \\alpha`:
+  SGD noise, the kernel term :math:`K_{pp}`, against the ac forcing). Below it
+  (:math:`2\\alpha < 1`): Ib (:math:`2\\beta < 1`), Ic (:math:`2\\beta > 1`,
+  :math:`\\alpha < 1/4`) and IV (:math:`2\\beta > 1`, :math:`1/4 < \\alpha < 1/2`; its
+  sub-phases IVa/IVb are not separated here).
+  """
+  if not alpha > 0 or 2 * (alpha + beta) <= 1:
+    raise ValueError(f"alpha, beta: need alpha > 0 and 2(alpha + beta) > 1, "
+                     f"got alpha={alpha}, beta={beta}")
+  if 2 * alpha > 1:
+    if 2 * beta < 1:
+      return "Ia"
+    return "II" if beta < alpha else "III"
+  if 2 * beta < 1:
+    return "Ib"
+  return "Ic" if alpha < 0.25 else "IV"
+
+
+def plrf_sgd_loss_terms(alpha: float, beta: float, dim, steps, learning_rate=1.0):
+  """Leading orders of the four terms of Paquette et al.'s loss, up to constants:
+
+  .. math::
+    P(r) \\asymp F_{pp}(r) + F_{ac}(r) + F_0(d) + K_{pp}(r), \\qquad
+    F_{pp} = (\\gamma r)^{-(2\\alpha + 2\\beta - 1)/(2\\alpha)},\\;
+    F_{ac} = d^{-1} (\\gamma r)^{-1 + 1/(2\\alpha)} \\;(2\\beta > 1),\\;
+    F_0 = d^{-2\\alpha + \\max(0, 1 - 2\\beta)},\\;
+    K_{pp} = \\gamma (\\gamma r)^{-2 + 1/(2\\alpha)},
+
+  for r steps of SGD with batch 1 and step :math:`\\gamma` above the high-dimensional
+  line (their Eq. (12) and the forcing / kernel asymptotics of Sec. 3). Returns the
+  dict ``{"F_pp", "F_ac", "F_0", "K_pp"}`` broadcast over ``dim`` and ``steps``.
+  """
+  if not 2 * alpha > 1:
+    raise ValueError(f"alpha: the leading terms here need 2 alpha > 1, got {alpha}")
+  d, r = np.broadcast_arrays(np.asarray(dim, np.float64), np.asarray(steps, np.float64))
+  t = learning_rate * r
+  f_ac = (d ** -1.0 * t ** (-1 + 1 / (2 * alpha))) if 2 * beta > 1 else np.zeros_like(t)
+  return {"F_pp": t ** (-(2 * alpha + 2 * beta - 1) / (2 * alpha)), "F_ac": f_ac,
+          "F_0": d ** (-2 * alpha + max(0.0, 1 - 2 * beta)),
+          "K_pp": learning_rate * t ** (-2 + 1 / (2 * alpha))}
+
+
+class ComputeOptimal(NamedTuple):
+  """Compute-optimal scaling :math:`P^*(F) \\propto F^{-\\eta}`, :math:`d^* \\propto F^{\\xi}`
+  at compute :math:`F = d \\times` samples."""
+  phase: str
+  loss_exponent: float
+  dim_exponent: float
+  balance: str
+
+
+def plrf_sgd_compute_optimal(alpha: float, beta: float) -> ComputeOptimal:
+  """Predicted compute-optimal exponents of one-pass SGD (Paquette et al. Table 2),
+  from balancing the two dominant terms of ``plrf_sgd_loss_terms`` at F = d r:
+
+  * Ia: :math:`F_{pp} = F_0`: :math:`\\xi = 1/(2\\alpha+1)`,
+    :math:`\\eta = (2\\alpha+2\\beta-1)/(2\\alpha+1)`;
+  * II: :math:`F_{pp} = F_{ac}`: :math:`\\xi = \\beta/(\\alpha+\\beta)`,
+    :math:`\\eta = (2\\alpha+2\\beta-1)/(2(\\alpha+\\beta))`;
+  * III: :math:`K_{pp} = F_{ac}`: :math:`\\xi = 1/2`, :math:`\\eta = 1 - 1/(4\\alpha)`.
+
+  Phases below the high-dimensional line need a learning rate that shrinks with v and
+  are not covered (ValueError).
+  """
+  phase = plrf_phase(alpha, beta)
+  if phase == "Ia":
+    return ComputeOptimal(phase, (2 * alpha + 2 * beta - 1) / (2 * alpha + 1),
+                          1 / (2 * alpha + 1), "F_pp = F_0")
+  if phase == "II":
+    return ComputeOptimal(phase, (2 * alpha + 2 * beta - 1) / (2 * (alpha + beta)),
+                          beta / (alpha + beta), "F_pp = F_ac")
+  if phase == "III":
+    return ComputeOptimal(phase, 1 - 1 / (4 * alpha), 0.5, "K_pp = F_ac")
+  raise ValueError(f"alpha: phase {phase} (2 alpha < 1) is not covered; need alpha > 1/2, "
+                   f"got {alpha}")
+
+
+def plrf_signsgd_claims(alpha: float, beta: float) -> dict:
+  """Kim et al. (2026)'s statements about signSGD vs SGD on PLRF, as far as they are
+  stated as conditions on (alpha, beta) (their abstract and Sec. 4-5):
+
+  * ``"sign_steeper_than_sgd"``: where SGD's frontier is set by its noise (Phase III,
+    :math:`K_{pp}` in the balance), signSGD's noise reshaping makes its compute-optimal
+    slope steeper than SGD's; elsewhere no steeper slope is claimed (None).
+  * ``"stable_decay_steeper"``: with fast feature decay and slow target decay
+    (:math:`\\alpha > \\beta`), a stable-decay schedule lowers signSGD's noise term and
+    steepens the slope; elsewhere no claim (None).
+
+  The closed-form signSGD exponents are not encoded here: only the direction of each
+  claim, which the compute_optimal experiment checks.
+  """
+  phase = plrf_phase(alpha, beta)
+  return {"phase": phase,
+          "sign_steeper_than_sgd": True if phase == "III" else None,
+          "stable_decay_steeper": True if alpha > beta else None}

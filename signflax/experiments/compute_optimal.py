@@ -1,0 +1,261 @@
+"""`signflax linreg --config configs/linreg/compute_optimal.py`: compute-optimal model size.
+
+On power-law random features (``signflax.linreg.plrf``), for each compute budget
+:math:`F = d \\times` samples, the best loss over model sizes d, with the learning rate
+tuned per (d, F) on a grid (Paquette et al. 2024, Fig. 1 and Table 2; Kim et al. 2026):
+
+* the frontier :math:`P^*(F) = \\min_d \\min_\\eta P(d, F)` and its exponent
+  :math:`P^* \\propto F^{-\\eta}`, and the optimal size :math:`d^*(F) \\propto F^{\\xi}`;
+* for each case (alpha, beta), optimizer (sgd, sign_sgd, signum...) and schedule
+  (constant, WSD, stable-decay), next to SGD's predicted exponents for the phase and
+  Kim et al.'s signSGD claims (steeper than SGD where noise dominates; stable-decay
+  steeper when feature decay is fast and target decay slow).
+
+One compiled program per (d, optimizer) serves every case, schedule, horizon and
+learning rate. Writes ``results.json``, ``results.npz``, ``compute_optimal.png`` and
+TensorBoard scalars, and prints the measured-vs-predicted table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import time
+
+import numpy as np
+
+from signflax import linreg
+from signflax.experiments import linreg as lab
+from signflax.linreg import plrf, theory
+from signflax.train.metrics import EventWriter
+
+OPTIMIZERS = ("sgd", "momentum", "sign_sgd", "signum", "adamw", "lion")
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _positive_int(config, field: str, minimum: int = 1) -> int:
+  value = lab._need(config, field)
+  if not isinstance(value, int) or value < minimum:
+    lab._fail(field, f"must be an integer >= {minimum}", value)
+  return value
+
+
+def _names(config, field: str, allowed) -> None:
+  names = lab._need(config, field)
+  if isinstance(names, str) or not names:
+    lab._fail(field, f"must be a non-empty tuple of names from {', '.join(allowed)}", names)
+  for name in names:
+    if name not in allowed:
+      lab._fail(field, f"unknown name {name!r}; allowed: {', '.join(allowed)}", names)
+
+
+def validate(config) -> None:
+  """Checks every field of the experiment; raises a one-line ValueError naming it."""
+  cases = lab._need(config, "cases")
+  if not hasattr(cases, "items") or not cases:
+    lab._fail("cases", "must be a non-empty dict name -> {alpha, beta}", cases)
+  for name, case in cases.items():
+    for field in ("alpha", "beta"):
+      if field not in case:
+        lab._fail(f"cases.{name}", f"missing {field}", case)
+    if not isinstance(case.alpha, (int, float)) or case.alpha <= 0:
+      lab._fail(f"cases.{name}.alpha", "must be > 0", case.alpha)
+    if not isinstance(case.beta, (int, float)) or 2 * (case.alpha + case.beta) <= 1:
+      lab._fail(f"cases.{name}.beta", "must make 2(alpha + beta) > 1", case.beta)
+  dims = lab._need(config, "dims")
+  if isinstance(dims, (int, str)) or not dims:
+    lab._fail("dims", "must be a non-empty tuple of model sizes d >= 1", dims)
+  if any(not isinstance(d, int) or d < 1 for d in dims) or list(dims) != sorted(set(dims)):
+    lab._fail("dims", "must be increasing integers >= 1", dims)
+  if _positive_int(config, "num_features") < max(dims):
+    lab._fail("num_features", f"must be >= max(dims)={max(dims)} (v >= d)", config.num_features)
+  _names(config, "optimizers", OPTIMIZERS)
+  _names(config, "schedules", plrf.SCHEDULES)
+  _positive_int(config, "batch_size")
+  _positive_int(config, "min_steps")
+  c_min, c_max = _positive_int(config, "log2_compute_min", 0), _positive_int(
+      config, "log2_compute_max", 0)
+  if c_max < c_min + 2:
+    lab._fail("log2_compute_max", f"must be >= log2_compute_min + 2 = {c_min + 2} to fit "
+              "an exponent", c_max)
+  if 2 ** c_min < max(dims) * config.min_steps * config.batch_size:
+    lab._fail("log2_compute_min", "budget 2^log2_compute_min must give the largest d at least "
+              f"min_steps x batch_size samples (>= {max(dims) * config.min_steps * config.batch_size})",
+              c_min)
+  for family in ("sgd", "sign"):
+    lo, hi = lab._need(config, f"{family}_lr_min"), lab._need(config, f"{family}_lr_max")
+    if not lo > 0:
+      lab._fail(f"{family}_lr_min", "must be > 0", lo)
+    if not hi >= lo:
+      lab._fail(f"{family}_lr_max", f"must be >= {family}_lr_min={lo}", hi)
+  _positive_int(config, "lr_points_per_octave")
+  if not 0 < lab._need(config, "decay_fraction") <= 1:
+    lab._fail("decay_fraction", "must be in (0, 1]", config.decay_fraction)
+  if not 0 <= lab._need(config, "warmup_fraction") < 1 - config.decay_fraction:
+    lab._fail("warmup_fraction", "must be in [0, 1 - decay_fraction)", config.warmup_fraction)
+  if lab._need(config, "noise_std") < 0:
+    lab._fail("noise_std", "must be >= 0", config.noise_std)
+  _positive_int(config, "num_seeds")
+  _positive_int(config, "num_devices", 0)
+  lab._need(config, "seed")
+
+
+# ----------------------------------------------------------------------------- sweep
+
+
+def _learning_rates(config, name: str) -> np.ndarray:
+  family = lab.FAMILY[name]
+  lo, hi = config[f"{family}_lr_min"], config[f"{family}_lr_max"]
+  n = int(round(math.log2(hi / lo) * config.lr_points_per_octave)) + 1
+  return np.geomspace(lo, hi, max(n, 1))
+
+
+def budget_grid(config) -> np.ndarray:
+  return 2 ** np.arange(config.log2_compute_min, config.log2_compute_max + 1)
+
+
+def sweep_case(config, case) -> np.ndarray:
+  """Seed-mean loss ``(optimizer, schedule, d, F, lr)`` of one case; +inf where a run
+  diverged. Per (d, optimizer): one program with every schedule x horizon x lr."""
+  budgets, dims = budget_grid(config), np.asarray(config.dims)
+  n_lr = max(_learning_rates(config, n).size for n in config.optimizers)
+  loss = np.full((len(config.optimizers), len(config.schedules), dims.size, budgets.size, n_lr),
+                 np.inf)
+  devices = lab._devices(config)
+  for i_d, d in enumerate(dims):
+    problem = plrf.plrf_problem(config.num_features, int(d), case.alpha, case.beta,
+                                noise_std=config.noise_std, seed=config.seed)
+    steps = budgets // (d * config.batch_size)                  # samples F / d, in steps
+    record = np.unique(steps)
+    for i_o, name in enumerate(config.optimizers):
+      lrs = _learning_rates(config, name)
+      grid = [(s, h, lr) for s in config.schedules
+              for h in ([steps[-1]] if s == "constant" else steps) for lr in lrs]
+      sched, horizons, rates = (np.asarray(x) for x in zip(*grid))
+      result = plrf.simulate_plrf(problem, lab._optimizer_fn(name), rates, config.batch_size,
+                                  int(steps[-1]), horizons=horizons, schedules=sched,
+                                  decay_fraction=config.decay_fraction,
+                                  warmup_fraction=config.warmup_fraction,
+                                  num_seeds=config.num_seeds, seed=config.seed,
+                                  record_steps=record, devices=devices)
+      mean = linreg.seed_mean(result.risk)                       # (C, R)
+      for i_s, s in enumerate(config.schedules):
+        for i_f, k in enumerate(steps):
+          pick = (sched == s) & ((horizons == k) | (sched == "constant"))
+          loss[i_o, i_s, i_d, i_f, :lrs.size] = mean[pick, np.searchsorted(record, k)]
+  return loss
+
+
+def frontier(budgets, dims, per_size) -> dict:
+  """``per_size`` ``(d, F)`` (lr already tuned): the frontier over d, its exponent, and
+  d*(F) (the vertex of a parabola in log-log through the best d and its neighbours)."""
+  best = np.min(per_size, axis=0)
+  index = np.argmin(per_size, axis=0)
+  log_d = np.log(np.asarray(dims, np.float64))
+  d_star = np.exp(log_d[index])
+  for f, i in enumerate(index):
+    if 0 < i < len(dims) - 1 and np.all(np.isfinite(per_size[i - 1:i + 2, f])):
+      a, b, _ = np.polyfit(log_d[i - 1:i + 2], np.log(per_size[i - 1:i + 2, f]), 2)
+      if a > 0:
+        d_star[f] = math.exp(np.clip(-b / (2 * a), log_d[i - 1], log_d[i + 1]))
+  loss_fit = linreg.fit_power_law(budgets, best)
+  dim_fit = linreg.fit_power_law(budgets, d_star)
+  return dict(best_loss=best, best_dim_index=index, d_star=d_star,
+              loss_exponent=loss_fit.exponent, loss_stderr=loss_fit.stderr,
+              dim_exponent=-dim_fit.exponent, dim_stderr=dim_fit.stderr,
+              interior=bool(np.all((index > 0) & (index < len(dims) - 1))))
+
+
+def _verdict(claim, measured_gap: float, tolerance: float) -> str:
+  if claim is None:
+    return "no claim"
+  if measured_gap > tolerance:
+    return "confirmed"
+  return "contradicted" if measured_gap < -tolerance else "inconclusive"
+
+
+# ----------------------------------------------------------------------------- run
+
+
+def run(config, workdir) -> int:
+  """Runs every case and writes results, the figure and scalars to ``workdir``."""
+  validate(config)
+  out = pathlib.Path(workdir)
+  out.mkdir(parents=True, exist_ok=True)
+  start = time.time()
+  budgets, dims = budget_grid(config), np.asarray(config.dims)
+  plt = lab._plt()
+  names, schedules = list(config.optimizers), list(config.schedules)
+  fig, axes = plt.subplots(len(config.cases), len(names) * len(schedules), squeeze=False,
+                           figsize=(3.2 * len(names) * len(schedules), 2.9 * len(config.cases)))
+  rows, claim_rows, summary, arrays = [], [], {}, {"budgets": budgets, "dims": dims}
+  with EventWriter(out / "tb") as tb:
+    for row, (case_name, case) in enumerate(config.cases.items()):
+      loss = sweep_case(config, case)                              # (O, S, d, F, lr)
+      arrays[f"{case_name}_loss"] = loss
+      tuned = np.min(loss, axis=-1)                                # (O, S, d, F)
+      prediction = theory.plrf_sgd_compute_optimal(case.alpha, case.beta)
+      claims = theory.plrf_signsgd_claims(case.alpha, case.beta)
+      fronts = {}
+      for i_o, name in enumerate(names):
+        for i_s, sched in enumerate(schedules):
+          front = frontier(budgets, dims, tuned[i_o, i_s])
+          fronts[name, sched] = front
+          is_sgd = name == "sgd"
+          rows.append([case_name, prediction.phase, name, sched,
+                       f"{prediction.loss_exponent:.3f}" if is_sgd else "-",
+                       f"{front['loss_exponent']:.3f} +- {front['loss_stderr']:.3f}",
+                       f"{prediction.dim_exponent:.3f}" if is_sgd else "-",
+                       f"{front['dim_exponent']:.3f} +- {front['dim_stderr']:.3f}",
+                       "yes" if front["interior"] else "no", f"{front['best_loss'][-1]:.3e}"])
+          for f, value in zip(budgets, front["best_loss"]):
+            tb.scalar(f"compute_optimal/{case_name}/{name}/{sched}/frontier", value, int(f))
+          ax = axes[row, i_o * len(schedules) + i_s]
+          for i_d, d in enumerate(dims):
+            ax.loglog(budgets, tuned[i_o, i_s, i_d], "-", lw=1, alpha=0.8, label=f"d={d}")
+          ax.loglog(budgets, front["best_loss"], "k--", lw=1.5,
+                    label=f"frontier F^-{front['loss_exponent']:.2f}")
+          ax.set_title(f"{case_name} ({prediction.phase}): {name}, {sched}", fontsize=7)
+          ax.set_xlabel("compute F = d x samples", fontsize=7)
+          ax.legend(fontsize=5)
+      summary[case_name] = dict(
+          alpha=case.alpha, beta=case.beta, phase=prediction.phase,
+          predicted_sgd=prediction._asdict(), claims=claims,
+          measured={f"{n}/{s}": fr for (n, s), fr in fronts.items()})
+      claim_rows += _claim_rows(case_name, claims, fronts, names, schedules)
+  axes[0, 0].set_ylabel("loss, lr tuned per (d, F)")
+  lab._save_figure(fig, out / "compute_optimal.png")
+  elapsed = time.time() - start
+  table = lab._table(["case", "phase", "optimizer", "schedule", "SGD predicted eta",
+                      "measured eta", "SGD predicted xi", "measured xi", "d* interior",
+                      "frontier loss at F_max"], rows)
+  claims_table = lab._table(["case", "statement", "measured", "verdict"], claim_rows)
+  print(f"linreg compute_optimal: v={config.num_features} d={tuple(config.dims)} "
+        f"F=2^{config.log2_compute_min}..2^{config.log2_compute_max} B={config.batch_size} "
+        f"seeds={config.num_seeds} devices={len(lab._devices(config))} ({elapsed:.1f} s)")
+  print(table)
+  print(claims_table)
+  payload = dict(experiment="compute_optimal", config=config.to_dict(), seconds=elapsed,
+                 table=table, claims_table=claims_table, results=summary)
+  (out / "results.json").write_text(json.dumps(payload, indent=1, default=lab._json_default))
+  np.savez_compressed(out / "results.npz", **arrays)
+  print(f"wrote {out}/results.json, results.npz, compute_optimal.png, tb/")
+  return 0
+
+
+def _claim_rows(case_name, claims, fronts, names, schedules, tolerance: float = 0.02):
+  """Kim et al.'s statements checked on the measured frontier exponents."""
+  rows = []
+  slope = lambda n, s: fronts[n, s]["loss_exponent"]
+  if "sgd" in names and "sign_sgd" in names and "constant" in schedules:
+    gap = slope("sign_sgd", "constant") - slope("sgd", "constant")
+    rows.append([case_name, "signSGD slope steeper than SGD (constant lr)", f"{gap:+.3f}",
+                 _verdict(claims["sign_steeper_than_sgd"], gap, tolerance)])
+  if "sign_sgd" in names and {"constant", "stable_decay"} <= set(schedules):
+    gap = slope("sign_sgd", "stable_decay") - slope("sign_sgd", "constant")
+    rows.append([case_name, "stable-decay steepens signSGD's slope", f"{gap:+.3f}",
+                 _verdict(claims["stable_decay_steeper"], gap, tolerance)])
+  return rows
