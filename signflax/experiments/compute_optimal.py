@@ -28,7 +28,7 @@ import numpy as np
 from signflax import linreg
 from signflax.experiments import linreg as lab
 from signflax.linreg import plrf, theory
-from signflax.train.metrics import EventWriter
+from signflax.metric_writers import EventWriter
 
 OPTIMIZERS = ("sgd", "momentum", "sign_sgd", "signum", "adamw", "lion")
 

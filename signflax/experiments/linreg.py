@@ -31,7 +31,7 @@ import numpy as np
 
 from signflax import linreg
 from signflax.optim import get_optimizer, wsd_schedule
-from signflax.train.metrics import EventWriter
+from signflax.metric_writers import EventWriter
 
 EXPERIMENTS = ("data_scaling", "batch_scaling", "phase_diagram", "ode_check")
 OPTIMIZERS = ("sgd", "momentum", "sign_sgd", "signum", "adamw", "lion")
