@@ -34,6 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train = ml_collections.ConfigDict(dict(
       steps=20_000, global_batch_size=256, seq_len=1024, grad_accum=4, noise_stats=True,
       loss_chunk_len=256, seed=0, log_every=50, eval_every=1000, eval_batches=20,
+      gradient_exchange="mean",
   ))
   config.checkpoint = ml_collections.ConfigDict(dict(
       every_steps=1000, keep=3, keep_period=5000, async_save=True, nan_policy="stop",

@@ -67,6 +67,8 @@ def get_config() -> ml_collections.ConfigDict:
       log_every=25,
       eval_every=100,
       eval_batches=8,         # 0 = the whole eval split
+      gradient_exchange="mean",  # mean (float all-reduce) | sign_vote (1-bit majority vote
+                                 # over `data`; sign_sgd and signum only)
   ))
 
   # Orbax checkpoints in workdir/checkpoints; a run in a workdir with checkpoints resumes.

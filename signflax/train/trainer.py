@@ -77,6 +77,13 @@ def validate(config) -> None:
                      f"{', '.join(preemption.NAN_POLICIES)}")
 
   optimizer_lib.validate(opt)
+  exchange = t.get("gradient_exchange", "mean")
+  if exchange not in step_lib.GRADIENT_EXCHANGES:
+    raise ValueError(f"config.train.gradient_exchange: {exchange!r} is not one of "
+                     f"{', '.join(step_lib.GRADIENT_EXCHANGES)}")
+  if exchange == "sign_vote" and opt.name not in step_lib.SIGN_VOTE_OPTIMIZERS:
+    raise ValueError(f"config.train.gradient_exchange: 'sign_vote' needs config.optimizer."
+                     f"name in {', '.join(step_lib.SIGN_VOTE_OPTIMIZERS)}, got {opt.name!r}")
   if opt.warmup_steps >= t.steps and opt.warmup_steps:
     raise ValueError(f"config.optimizer.warmup_steps: {opt.warmup_steps} must be < "
                      f"config.train.steps={t.steps}")
@@ -276,7 +283,12 @@ def run(config, workdir: str) -> int:
   mesh = parallel.make_mesh(config.mesh)
   graphdef, param_shapes, param_axes = model_lib.abstract_model(cfg)
   num_params = sum(x.size for x in jax.tree.leaves(param_shapes))
-  tx, schedule = optimizer_lib.make_optimizer(config.optimizer, t.steps, param_axes)
+  exchange = t.get("gradient_exchange", "mean")
+  if exchange == "sign_vote":
+    tx, schedule = step_lib.make_sign_vote_optimizer(config.optimizer, t.steps, param_axes,
+                                                     param_shapes, mesh)
+  else:
+    tx, schedule = optimizer_lib.make_optimizer(config.optimizer, t.steps, param_axes)
 
   batch_sharding = parallel.batch_sharding(mesh)
   ckpt = _checkpointer(config, workdir)
@@ -322,7 +334,8 @@ def run(config, workdir: str) -> int:
                       for k in ("inputs", "targets")}
     loss_chunk_len = t.get("loss_chunk_len", 0)
     step_fn = step_lib.make_train_step(graphdef, tx, schedule, grad_accum=t.grad_accum,
-                                       noise_stats=t.noise_stats, loss_chunk_len=loss_chunk_len)
+                                       noise_stats=t.noise_stats, loss_chunk_len=loss_chunk_len,
+                                       gradient_exchange=exchange)
     if config.checkpoint.nan_policy == "skip":
       step_fn = preemption.guard_nonfinite(step_fn)
     train_step = step_lib.jit_train_step(step_fn, mesh, shardings
