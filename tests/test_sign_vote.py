@@ -178,23 +178,24 @@ def test_compiled_step_sends_a_sixteenth_of_a_bf16_all_reduce_along_data():
   assert mean_float >= sign_vote.all_reduce_bytes(num_params, 8, bytes_per_param=4)
 
 
-def test_config_accepts_sign_vote_only_for_sign_sgd_and_signum():
+@pytest.mark.parametrize("exchange,optimizer,message", [
+    ("sign_vote", "adamw", r"^config\.train\.gradient_exchange: 'sign_vote' needs "
+                           r"config\.optimizer\.name in sign_sgd, signum, got 'adamw'$"),
+    ("vote", "signum", r"^config\.train\.gradient_exchange: 'vote' is not one of mean, "
+                       r"sign_vote$"),
+    ("sign_vote", "signum", None),
+    ("sign_vote", "sign_sgd", None),
+])
+def test_config_accepts_sign_vote_only_for_sign_sgd_and_signum(exchange, optimizer, message):
   config = trainer_config()
   with config.unlocked():
-    config.train.gradient_exchange = "sign_vote"
-    config.optimizer.name = "adamw"
-  with pytest.raises(ValueError, match=r"^config\.train\.gradient_exchange: 'sign_vote' needs "
-                     r"config\.optimizer\.name in sign_sgd, signum, got 'adamw'$"):
+    config.train.gradient_exchange = exchange
+    config.optimizer.name = optimizer
+  if message is None:
     trainer.validate(config)
-  with config.unlocked():
-    config.train.gradient_exchange = "vote"
-    config.optimizer.name = "signum"
-  with pytest.raises(ValueError, match=r"^config\.train\.gradient_exchange: 'vote' is not one "
-                     r"of mean, sign_vote$"):
-    trainer.validate(config)
-  with config.unlocked():
-    config.train.gradient_exchange = "sign_vote"
-  trainer.validate(config)
+  else:
+    with pytest.raises(ValueError, match=message):
+      trainer.validate(config)
 
 
 def trainer_config():
@@ -258,9 +259,8 @@ def test_kill_and_resume_with_sign_vote_is_exact(reference, tmp_path):
   _, expected = reference
   assert len(expected) == STEPS and expected[STEPS]["step_loss"] < expected[1]["step_loss"]
   proc = _start(tmp_path)
-  metrics = tmp_path / "metrics.jsonl"
-  while proc.poll() is None and not (metrics.exists() and '"step": 6' in metrics.read_text()):
-    time.sleep(0.01)
+  while proc.poll() is None and not (tmp_path / "checkpoints" / "4").is_dir():
+    time.sleep(0.01)  # kill -9 once the step-4 checkpoint is committed
   proc.send_signal(signal.SIGKILL)
   proc.communicate(timeout=60)
   resumed = _start(tmp_path)
@@ -290,4 +290,10 @@ def test_two_processes_give_the_losses_of_one(reference, tmp_path):
                         + _argv(tmp_path)[1:], cwd=REPO, env=env, capture_output=True,
                         text=True, timeout=600)
   assert proc.returncode == 0, proc.stdout[-3000:]
-  assert _records(tmp_path) == expected
+  got = _records(tmp_path)
+  for step in range(1, STEPS + 1):
+    # the same votes, so the same parameters bit for bit; the logged loss is a float mean
+    # over replicas, summed in another order by gloo
+    assert got[step]["param_l2"] == expected[step]["param_l2"]
+    assert got[step]["update_rms"] == expected[step]["update_rms"]
+    np.testing.assert_allclose(got[step]["step_loss"], expected[step]["step_loss"], rtol=1e-6)

@@ -136,18 +136,17 @@ def per_replica_gradients(gradients, params, batch: Batch, axis: str = "data"):
   Nothing gradient-sized is reduced over ``axis``; the scalars are ``pmean``-ed.
   """
   def one_replica(params, batch):
-    # Mark the (replicated) params as varying over `axis` before differentiating:
-    # otherwise jax inserts that cast inside the loss, and its transpose is a psum
-    # of every gradient over `axis`, the very all-reduce the vote replaces.
-    params = jax.lax.pcast(params, axis, to="varying")
     loss, grads, metrics = gradients(params, batch)
     metrics.update(loss=loss, replica_grad_l1=_tree_sum(jnp.abs, grads),
                    replica_grad_l2=jnp.sqrt(_tree_sum(jnp.square, grads)))
     return jax.lax.pmean(metrics, axis), jax.tree.map(lambda g: g[None], grads)
 
+  # check_vma off: with it, jax casts the replicated params to varying inside the
+  # loss, and that cast's transpose psums every gradient over `axis` (the very
+  # all-reduce the vote replaces); the scans' float carries would need casts too.
   return jax.shard_map(one_replica, in_specs=(PartitionSpec(), PartitionSpec(axis)),
                        out_specs=(PartitionSpec(), PartitionSpec(axis)),
-                       axis_names={axis})(params, batch)
+                       axis_names={axis}, check_vma=False)(params, batch)
 
 
 def make_sign_vote_optimizer(opt_config, total_steps: int, param_axes, param_shapes,
