@@ -220,8 +220,9 @@ ARGS = {
 COMPARED = ("step_loss", "replica_grad_l2", "param_l2", "update_rms")
 
 
-def _argv(workdir):
-  return ["train", "--workdir", str(workdir)] + [f"--config.{k}={v!r}" for k, v in ARGS.items()]
+def _argv(workdir, overrides=None):
+  args = {**ARGS, **(overrides or {})}
+  return ["train", "--workdir", str(workdir)] + [f"--config.{k}={v!r}" for k, v in args.items()]
 
 
 def _env(devices):
@@ -231,10 +232,10 @@ def _env(devices):
   return env
 
 
-def _start(workdir, devices=4):
-  return subprocess.Popen([sys.executable, "-m", "signflax.cli"] + _argv(workdir), cwd=REPO,
-                          env=_env(devices), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True)
+def _start(workdir, devices=4, overrides=None):
+  return subprocess.Popen([sys.executable, "-m", "signflax.cli"] + _argv(workdir, overrides),
+                          cwd=REPO, env=_env(devices), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
 
 
 def _records(workdir):
@@ -297,3 +298,19 @@ def test_two_processes_give_the_losses_of_one(reference, tmp_path):
     assert got[step]["param_l2"] == expected[step]["param_l2"]
     assert got[step]["update_rms"] == expected[step]["update_rms"]
     np.testing.assert_allclose(got[step]["step_loss"], expected[step]["step_loss"], rtol=1e-6)
+
+
+def _eval_losses(workdir):
+  lines = (workdir / "metrics.jsonl").read_text().splitlines()
+  return {r["step"]: r["eval_loss"] for r in map(json.loads, lines) if "eval_loss" in r}
+
+
+@pytest.mark.slow
+def test_sign_vote_learns_about_as_fast_as_the_mean(reference, tmp_path):
+  """Same steps, same data: the vote makes at least 80% of the mean exchange's progress."""
+  proc = _start(tmp_path, overrides={"train.gradient_exchange": "mean"})
+  _, err = proc.communicate(timeout=600)
+  assert proc.returncode == 0, err[-2000:]
+  vote, mean = _eval_losses(reference[0]), _eval_losses(tmp_path)
+  assert vote[0] == mean[0]
+  assert vote[0] - vote[STEPS] >= 0.8 * (mean[0] - mean[STEPS]) > 0, (vote, mean)
