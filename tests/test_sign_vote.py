@@ -60,7 +60,8 @@ def test_zero_and_tie_rules():
   assert [int(sign_vote.reference_vote(zeros, t)["w"][0]) for t in range(4)] == [1, -1, 1, -1]
 
 
-@pytest.mark.parametrize("sizes", MESHES + [dict(data=2, fsdp=2, tensor=2)],
+@pytest.mark.parametrize("sizes", MESHES + [dict(data=2, fsdp=2, tensor=2),
+                                   dict(data=1, fsdp=2, tensor=4)],
                          ids=lambda s: "x".join(map(str, s.values())))
 def test_vote_is_bit_identical_to_the_reference(sizes):
   mesh = parallel.make_mesh(sizes)
