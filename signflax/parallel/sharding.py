@@ -8,6 +8,8 @@ from typing import Any, Sequence
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from signflax.parallel.sign_vote import PER_REPLICA
+
 # The one table. A logical name missing here (or mapped to None) is replicated.
 # Parameters: embed/mlp/heads/kv/vocab/layers. Activations: batch/length/act_*.
 LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
@@ -23,6 +25,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("act_heads", "tensor"),
     ("act_mlp", "tensor"),
     ("act_vocab", "tensor"),
+    ("replica", "data"),           # per-replica optimizer state (majority vote), see below
 )
 
 BATCH_AXES = ("batch", "length")
@@ -78,7 +81,9 @@ def state_shardings(tree: Any, param_axes: Any, mesh: Mesh,
     mesh: the device mesh.
 
   A leaf whose dict-key path ends with a parameter's path and whose shape equals
-  that parameter's is sharded like it; every other leaf (step, counters, scalar
+  that parameter's is sharded like it; under a ``sign_vote.PER_REPLICA`` key, a
+  leaf ``[R, *param shape]`` (one copy per data-parallel replica) is sharded like
+  it with the leading axis over ``data``; every other leaf (step, counters, scalar
   statistics, factored moments) is replicated.
   """
   by_path = {_path_key(p): axes for p, axes in jax.tree_util.tree_flatten_with_path(
@@ -87,8 +92,11 @@ def state_shardings(tree: Any, param_axes: Any, mesh: Mesh,
 
   def sharding(path, leaf):
     key = _path_key(path)
+    stacked = PER_REPLICA in key
     for n in lengths:
       axes = by_path.get(key[len(key) - n:]) if len(key) >= n else None
+      if axes is not None and stacked:
+        axes = ("replica",) + tuple(axes)
       if axes is not None and len(axes) == len(leaf.shape):
         return NamedSharding(mesh, logical_to_mesh_spec(axes, shape=leaf.shape, mesh=mesh,
                                                         rules=rules))
@@ -126,13 +134,15 @@ def logical_axis_size(name: str, rules=LOGICAL_AXIS_RULES) -> int:
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:
     return 1
-  return math.prod(mesh.shape[a] for a in _mesh_axes(name, rules) if a in mesh.axis_names)
+  return math.prod(mesh.shape[a] for a in _mesh_axes(name, rules)
+                   if a in mesh.axis_names and a not in mesh.manual_axes)
 
 
 def _keep_present(entry, mesh):
-  """Drops mesh axes the current mesh does not have (e.g. a mesh without 'tensor')."""
+  """Drops mesh axes the current mesh does not have (e.g. a mesh without 'tensor') and
+  manual ones (inside ``shard_map`` over ``data`` each replica sees its own rows)."""
   if entry is None:
     return None
   axes = tuple(a for a in ((entry,) if isinstance(entry, str) else entry)
-               if a in mesh.axis_names)
+               if a in mesh.axis_names and a not in mesh.manual_axes)
   return None if not axes else axes[0] if len(axes) == 1 else axes

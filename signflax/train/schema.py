@@ -2,7 +2,7 @@
 
 ``SCHEMA.check(config)`` runs in ``trainer.validate`` before any JAX work. A
 new training field is one line here, e.g.
-``SCHEMA.declare("train.gradient_exchange", cs.choice("mean", "sign_vote"))``,
+``SCHEMA.declare("train.my_field", cs.choice("a", "b"))``,
 plus its default in the ``default_*_config`` of its group.
 """
 
@@ -20,6 +20,7 @@ from signflax.data import sources as data_sources
 from signflax.model import transformer
 from signflax.train import optimizer as optimizer_lib
 from signflax.train import preemption
+from signflax.train import step as step_lib
 
 GROUPS = ("model", "optimizer", "data", "mesh", "train", "checkpoint", "distributed")
 
@@ -36,7 +37,7 @@ def default_train_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       steps=400, global_batch_size=16, seq_len=128, grad_accum=1, noise_stats=True,
       loss_chunk_len=0, seed=0, log_every=25, eval_every=100, eval_batches=8,
-      compilation_cache_dir=None))
+      compilation_cache_dir=None, gradient_exchange="mean"))
 
 def default_checkpoint_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
@@ -92,6 +93,8 @@ _TRAIN = {
     "eval_batches": cs.integer(0),
     # None = WORKDIR/../.jax_cache, "" = off (signflax.train.recovery)
     "compilation_cache_dir": cs.string(optional=True),
+    # mean (float all-reduce) | sign_vote (1-bit majority vote over `data`; signflax.parallel)
+    "gradient_exchange": cs.choice(*step_lib.GRADIENT_EXCHANGES),
 }
 _CHECKPOINT = {
     "every_steps": cs.integer(0), "keep": cs.integer(1), "keep_period": cs.integer(0),
@@ -142,6 +145,14 @@ def _schedule_fits(config) -> str | None:
   if opt.warmup_steps + decay > steps:
     return (f"config.optimizer.warmup_steps: {opt.warmup_steps} plus the wsd decay "
             f"{decay} (decay_fraction={opt.decay_fraction}) exceeds config.train.steps={steps}")
+  return None
+
+@SCHEMA.rule
+def _sign_vote_needs_a_sign_optimizer(config) -> str | None:
+  name = config.optimizer.name
+  if config.train.gradient_exchange == "sign_vote" and name not in step_lib.SIGN_VOTE_OPTIMIZERS:
+    return (f"config.train.gradient_exchange: 'sign_vote' needs config.optimizer.name in "
+            f"{', '.join(step_lib.SIGN_VOTE_OPTIMIZERS)}, got {name!r}")
   return None
 
 @SCHEMA.rule

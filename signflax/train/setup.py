@@ -74,6 +74,8 @@ class Run:
 def _static_key(config, noise_stats: bool) -> str:
   """The config with every runtime value blanked: equal keys share one compiled step."""
   plain = json.loads(config.to_json_best_effort())
+  if config.train.gradient_exchange == "sign_vote":  # its hyperparameters are compiled in
+    return json.dumps(plain, sort_keys=True)
   opt = plain["optimizer"]
   runtime, _ = optimizer_lib.runtime_hyperparams(config.optimizer, None)
   for name in runtime:
@@ -109,7 +111,11 @@ def setup(config, *, vocab_size: int | None = None, noise_stats: bool | None = N
   model = transformer_config(config, vocab_size)
   mesh = parallel.make_mesh(config.mesh)
   graphdef, param_shapes, param_axes = model_lib.abstract_model(model)
-  tx, learning_rate_fn = optimizer_lib.make_optimizer(config.optimizer, t.steps, param_axes)
+  if t.gradient_exchange == "sign_vote":
+    tx, learning_rate_fn = step_lib.make_sign_vote_optimizer(config.optimizer, t.steps,
+                                                             param_axes, param_shapes, mesh)
+  else:
+    tx, learning_rate_fn = optimizer_lib.make_optimizer(config.optimizer, t.steps, param_axes)
   abstract = jax.eval_shape(lambda: step_lib.init_state(model, tx, jax.random.key(0)))
   shardings = parallel.state_shardings(abstract, param_axes, mesh)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
@@ -117,7 +123,8 @@ def setup(config, *, vocab_size: int | None = None, noise_stats: bool | None = N
 
   def build():
     step = step_lib.make_train_step(graphdef, tx, learning_rate_fn, grad_accum=t.grad_accum,
-                                    noise_stats=noise_stats, loss_chunk_len=t.loss_chunk_len)
+                                    noise_stats=noise_stats, loss_chunk_len=t.loss_chunk_len,
+                                    gradient_exchange=t.gradient_exchange)
     if config.checkpoint.nan_policy == "skip":
       step = preemption.guard_nonfinite(step)
     return (step_lib.jit_train_step(step, mesh, shardings),

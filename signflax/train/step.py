@@ -12,7 +12,9 @@ from jax.sharding import Mesh
 from signflax import model as model_lib
 from signflax import optim
 from signflax import parallel
+from signflax.parallel import sign_vote
 from signflax.train import loss as loss_lib
+from signflax.train import optimizer as optimizer_lib
 
 Batch = dict[str, jax.Array]
 
@@ -57,9 +59,14 @@ def _microbatches(batch: Batch, num: int) -> Batch:
   return jax.tree.map(split, batch)
 
 
+GRADIENT_EXCHANGES = ("mean", "sign_vote")
+SIGN_VOTE_OPTIMIZERS = ("sign_sgd", "signum")
+
+
 def make_train_step(graphdef, tx: optax.GradientTransformation,
                     learning_rate_fn: Callable[[Any], jax.Array], *, grad_accum: int = 1,
-                    noise_stats: bool = True, loss_chunk_len: int = 0
+                    noise_stats: bool = True, loss_chunk_len: int = 0,
+                    gradient_exchange: str = "mean"
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
   """The (unjitted) train step: state, {inputs, targets} -> new state, scalar metrics.
 
@@ -69,16 +76,25 @@ def make_train_step(graphdef, tx: optax.GradientTransformation,
   ``optim.gradient_noise_stats`` (noise density of Tao et al.). ``loss_chunk_len``:
   see ``make_loss_fn``. ``learning_rate_fn(opt_state)`` is the rate the update
   applies (``optimizer.make_optimizer``), logged as ``learning_rate``.
+
+  ``gradient_exchange = "sign_vote"``: each data-parallel replica keeps its own
+  gradient (``per_replica_gradients``) and ``tx`` (from ``make_sign_vote_optimizer``)
+  exchanges 1-bit votes instead of all-reducing floats. Scalar metrics are means
+  over replicas; ``replica_grad_l1/l2`` (the norms of each replica's gradient,
+  averaged) replace ``grad_l1/l2`` (the norms of the mean gradient, never formed).
   """
+  if gradient_exchange not in GRADIENT_EXCHANGES:
+    raise ValueError(f"gradient_exchange: {gradient_exchange!r} is not one of "
+                     f"{', '.join(GRADIENT_EXCHANGES)}")
   grad_fn = jax.value_and_grad(make_loss_fn(graphdef, loss_chunk_len))
 
-  def train_step(state: TrainState, batch: Batch):
+  def gradients(params, batch):
     metrics = {}
     if grad_accum == 1:
-      loss, grads = grad_fn(state.params, batch)
+      loss, grads = grad_fn(params, batch)
     elif noise_stats:
       _, (losses, stacked) = jax.lax.scan(
-          lambda c, mb: (c, grad_fn(state.params, mb)), None, _microbatches(batch, grad_accum))
+          lambda c, mb: (c, grad_fn(params, mb)), None, _microbatches(batch, grad_accum))
       loss, grads = jnp.mean(losses), jax.tree.map(lambda g: jnp.mean(g, axis=0), stacked)
       stats = optim.gradient_noise_stats(stacked)
       metrics.update({k: v for k, v in stats.items() if k != "per_module"})
@@ -86,28 +102,86 @@ def make_train_step(graphdef, tx: optax.GradientTransformation,
                       for m, s in stats["per_module"].items()})
     else:
       def accumulate(carry, mb):
-        loss, grads = grad_fn(state.params, mb)
+        loss, grads = grad_fn(params, mb)
         return jax.tree.map(jnp.add, carry, (loss, grads)), None
-      zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
+      zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
       (loss, grads), _ = jax.lax.scan(accumulate, zeros, _microbatches(batch, grad_accum))
       loss, grads = jax.tree.map(lambda x: x / grad_accum, (loss, grads))
+    return loss, grads, metrics
 
+  def train_step(state: TrainState, batch: Batch):
+    if gradient_exchange == "sign_vote":
+      metrics, grads = per_replica_gradients(gradients, state.params, batch)
+    else:
+      loss, grads, metrics = gradients(state.params, batch)
+      metrics.update(loss=loss, grad_l1=_tree_sum(jnp.abs, grads),
+                     grad_l2=jnp.sqrt(_tree_sum(jnp.square, grads)))
     # Read before the update: the rate this update applies, from the optimizer's own count.
     learning_rate = learning_rate_fn(state.opt_state)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     num_params = sum(x.size for x in jax.tree.leaves(params))
     metrics.update(
-        loss=loss,
         learning_rate=learning_rate,
-        grad_l1=_tree_sum(jnp.abs, grads),
-        grad_l2=jnp.sqrt(_tree_sum(jnp.square, grads)),
         update_rms=jnp.sqrt(_tree_sum(jnp.square, updates) / num_params),
         param_l2=jnp.sqrt(_tree_sum(jnp.square, params)),
     )
     return TrainState(state.step + 1, params, opt_state), metrics
 
   return train_step
+
+
+def per_replica_gradients(gradients, params, batch: Batch, axis: str = "data"):
+  """Each replica's gradient of its own rows, stacked: ``(scalar metrics, grads [R, ...])``.
+
+  ``gradients(params, batch) -> (loss, grads, metrics)`` runs inside a ``shard_map``
+  manual over ``axis`` only: a replica sees its ``B/R`` rows, and the other mesh
+  axes (fsdp, tensor) keep their automatic sharding and reductions inside it.
+  Nothing gradient-sized is reduced over ``axis``; the scalars are ``pmean``-ed.
+  """
+  def one_replica(params, batch):
+    loss, grads, metrics = gradients(params, batch)
+    metrics.update(loss=loss, replica_grad_l1=_tree_sum(jnp.abs, grads),
+                   replica_grad_l2=jnp.sqrt(_tree_sum(jnp.square, grads)))
+    return jax.lax.pmean(metrics, axis), jax.tree.map(lambda g: g[None], grads)
+
+  # check_vma off: with it, jax casts the replicated params to varying inside the
+  # loss, and that cast's transpose psums every gradient over `axis` (the very
+  # all-reduce the vote replaces); the scans' float carries would need casts too.
+  return jax.shard_map(one_replica, in_specs=(PartitionSpec(), PartitionSpec(axis)),
+                       out_specs=(PartitionSpec(), PartitionSpec(axis)),
+                       axis_names={axis}, check_vma=False)(params, batch)
+
+
+def make_sign_vote_optimizer(opt_config, total_steps: int, param_axes, param_shapes,
+                             mesh: Mesh, *, exchange: str = "all_to_all"
+                             ) -> tuple[optax.GradientTransformation, Callable[[Any], jax.Array]]:
+  """``(tx, applied_learning_rate)`` for sign_sgd / signum with a 1-bit majority vote over ``data``.
+
+  The replicas run the local part (signum: their own momentum; sign_sgd: nothing;
+  ``grad_clip_norm`` per replica, before the momentum), vote, and every replica
+  applies ``sign_sgd`` (weight decay and learning rate) to the voted signs: the
+  update rule of ``config.optimizer.name`` with ``sign(m)`` replaced by the vote.
+  ``tx.update`` takes stacked per-replica gradients (see ``per_replica_gradients``).
+  """
+  if opt_config.name not in SIGN_VOTE_OPTIMIZERS:
+    raise ValueError(f"config.train.gradient_exchange: 'sign_vote' needs "
+                     f"config.optimizer.name in {', '.join(SIGN_VOTE_OPTIMIZERS)}, "
+                     f"got {opt_config.name!r}")
+  schedule = optimizer_lib.make_schedule(opt_config, total_steps)
+  kwargs = optimizer_lib.optimizer_kwargs(opt_config, param_axes)
+  outer = optim.sign_sgd(schedule, weight_decay=kwargs.pop("weight_decay"),
+                         weight_decay_mask=kwargs.pop("weight_decay_mask", None))
+  local = optim.scale_by_signum(**kwargs) if opt_config.name == "signum" else optax.identity()
+  if opt_config.grad_clip_norm:
+    local = optax.chain(optax.clip_by_global_norm(opt_config.grad_clip_norm), local)
+  specs = jax.tree.map(
+      lambda axes, x: parallel.logical_to_mesh_spec(axes, shape=x.shape, mesh=mesh),
+      param_axes, param_shapes, is_leaf=lambda x: isinstance(x, tuple))
+  tx = sign_vote.majority_vote(local, outer, mesh=mesh, specs=specs, exchange=exchange)
+  # The hyperparameters are compile-time constants here (no inject_hyperparams), so
+  # setup's step cache keys sign-vote runs on their whole config.
+  return tx, lambda opt_state: schedule(opt_state.count)
 
 
 def make_eval_step(graphdef, loss_chunk_len: int = 0) -> Callable[[Any, Batch], jax.Array]:
