@@ -206,7 +206,7 @@ def main(argv=None) -> int:
   shapes = {"tiny": None} if args.small else SHAPES
   rows, measured = [], []
   for name, vocab in shapes.items():
-    config = load_config_file(ROOT / "configs" / "lm" / f"{name}.py")
+    config = load_config_file(ROOT / "signflax" / "configs" / "lm" / f"{name}.py")
     tokens_per_step = config.train.global_batch_size * config.train.seq_len
     with config.unlocked():
       if vocab:

@@ -13,7 +13,7 @@ from signflax.experiments import compute_optimal, linreg as lab
 from signflax.linreg import plrf, theory
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-CONFIG = REPO / "configs" / "linreg" / "compute_optimal.py"
+CONFIG = REPO / "signflax" / "configs" / "linreg" / "compute_optimal.py"
 
 
 def test_problem_scaling_and_exact_risk():

@@ -33,7 +33,7 @@ import optax
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from signflax.linreg.simulator import make_mesh
+from signflax.linreg.simulator import seed_mesh
 from signflax.optim import wsd_schedule
 
 SCHEDULES = ("constant", "wsd", "stable_decay")
@@ -309,7 +309,7 @@ def simulate_plrf(problem: PLRFProblem, optimizer_fn: OptimizerFn, learning_rate
     steps = np.append(steps, num_steps)
   if np.any(np.diff(steps) < 0) or steps[0] < 0:
     raise ValueError("record_steps: must be non-decreasing and within [0, num_steps]")
-  mesh = make_mesh(devices)
+  mesh = seed_mesh(devices)
   padded = -(-num_seeds // mesh.devices.size) * mesh.devices.size
   seed_keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.PRNGKey(seed),
                                                        jnp.arange(padded))

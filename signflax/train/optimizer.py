@@ -14,12 +14,12 @@ from signflax import optim
 SCHEDULES = ("wsd", "cosine", "constant")
 # Keywords the trainer fills in itself: weight decay from config.optimizer.weight_decay,
 # the masks from the model's logical axes.
-_FROM_TRAINER = ("weight_decay", "weight_decay_mask", "muon_params", "dimension_numbers")
+FROM_TRAINER = ("weight_decay", "weight_decay_mask", "muon_params", "dimension_numbers")
 
 
 def config_keywords(name: str) -> tuple[str, ...]:
   """The keywords of optimizer ``name`` settable in ``config.optimizer.<name>``."""
-  return tuple(k for k in optim.optimizer_keywords(name) if k not in _FROM_TRAINER)
+  return tuple(k for k in optim.optimizer_keywords(name) if k not in FROM_TRAINER)
 
 
 def default_optimizer_config() -> ml_collections.ConfigDict:

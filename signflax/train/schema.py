@@ -114,11 +114,11 @@ def _optimizer_keyword_fields() -> dict[str, cs.Field]:
   for name, fn in optim.OPTIMIZERS.items():
     defaults = inspect.signature(fn).parameters
     for key in optim.optimizer_keywords(name):
-      if key in ("weight_decay_mask", "muon_params"):
-        continue  # the trainer fills these in from the model's logical axes
       if key == "weight_decay":
         fields[f"optimizer.{name}.{key}"] = cs.real(0, optional=True, required=False)
         continue
+      if key in optimizer_lib.FROM_TRAINER:
+        continue  # the trainer fills these in from the model's logical axes
       default = defaults[key].default
       fields[f"optimizer.{name}.{key}"] = _KEYWORDS.get(
           key, cs.real(optional=True) if isinstance(default, float) else cs.anything())
