@@ -58,6 +58,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from signflax import optim
+
 STATE, EXTRA = "state", "extra"
 CHECKSUMS = "checksums"            # the key of the per-array checksums in ``extra``
 TMP_SUFFIX = ".orbax-checkpoint-tmp"
@@ -102,9 +104,9 @@ def _first_line(e: BaseException, limit: int = 200) -> str:
   return f"{type(e).__name__}: " + (str(e).strip().splitlines() or [""])[0][:limit]
 
 
-def _path_name(path) -> str:
-  """A pytree path as 'opt_state.0.mu.embed', whatever the containers (dict, tuple, namedtuple)."""
-  return jax.tree_util.keystr(path, simple=True, separator=".")
+def _dotted(path) -> str:
+  """A pytree path as 'opt_state.0.mu.embed' (``signflax.optim.path_name`` with dots)."""
+  return optim.path_name(path, ".")
 
 
 # ---------------------------------------------------------------------------- checksums
@@ -146,7 +148,7 @@ def checksums(state: Any) -> dict[str, str]:
   replicated = (jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
                 if isinstance(sharding, jax.sharding.NamedSharding) else None)
   sums = jax.device_get(_checksum_fn(replicated)([leaf for _, leaf in leaves]))
-  return {_path_name(path): "%08x%08x" % tuple(int(v) for v in np.asarray(s))
+  return {_dotted(path): "%08x%08x" % tuple(int(v) for v in np.asarray(s))
           for (path, _), s in zip(leaves, sums)}
 
 
@@ -161,7 +163,7 @@ def checksum_mismatches(state: Any, expected: dict[str, str]) -> list[str]:
 
 def _leaf_table(tree: Any) -> dict[str, tuple]:
   """``{leaf name: (shape, dtype)}`` of arrays, ShapeDtypeStructs or Orbax array metadata."""
-  return {_path_name(p): (tuple(getattr(leaf, "shape", ())), str(np.dtype(leaf.dtype))
+  return {_dotted(p): (tuple(getattr(leaf, "shape", ())), str(np.dtype(leaf.dtype))
                           if getattr(leaf, "dtype", None) is not None else None)
           for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 

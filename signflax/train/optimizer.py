@@ -45,6 +45,7 @@ def default_optimizer_config() -> ml_collections.ConfigDict:
       decay_shape="linear", final_lr_fraction=0.0, weight_decay=0.1, grad_clip_norm=0.0))
   for name in optim.OPTIMIZERS:
     config[name] = ml_collections.ConfigDict({k: None for k in config_keywords(name)})
+  config.muon.ns_dtype = "auto"  # Newton-Schulz in float32 on CPU, bfloat16 on GPU/TPU
   return config
 
 
