@@ -84,7 +84,7 @@ def make_schedule(opt_config, total_steps: int, peak: float | None = None) -> op
   """Warmup-stable-decay (default), warmup + cosine, or warmup + constant.
 
   ``peak`` overrides ``opt_config.learning_rate``; ``peak=1.0`` gives the
-  schedule's shape, which ``make_optimizer`` scales by the injected peak rates.
+  shape of the schedule; ``make_optimizer`` passes each injected peak rate.
   """
   peak = opt_config.learning_rate if peak is None else peak
   warmup = opt_config.warmup_steps
@@ -175,12 +175,13 @@ def make_optimizer(opt_config, total_steps: int, param_axes: Any
   momentum sits before the sign (signum, lion, Muon's momentum) it only reweights
   steps inside that average; for SGD, momentum and AdamW it bounds the step.
   """
-  shape = make_schedule(opt_config, total_steps, peak=1.0)
   runtime, static = runtime_hyperparams(opt_config, param_axes)
   name, clip_norm = opt_config.name, opt_config.grad_clip_norm
 
   def build(**hyperparams):
-    rates = {k: (lambda count, peak=v: peak * shape(count)) for k, v in hyperparams.items()
+    # The schedule itself with an injected peak: the same arithmetic as a plain schedule,
+    # so a run's rates (and losses) are bit-identical to building it without injection.
+    rates = {k: make_schedule(opt_config, total_steps, peak=v) for k, v in hyperparams.items()
              if _is_rate(k)}
     tx = optim.get_optimizer(name, **{**hyperparams, **rates, **static})
     if clip_norm:
@@ -192,6 +193,7 @@ def make_optimizer(opt_config, total_steps: int, param_axes: Any
   tx = optax.inject_hyperparams(build)(**runtime)
 
   def applied_learning_rate(opt_state) -> jax.Array:
-    return opt_state.hyperparams["learning_rate"] * shape(opt_state.count)
+    peak = opt_state.hyperparams["learning_rate"]
+    return make_schedule(opt_config, total_steps, peak=peak)(opt_state.count)
 
   return tx, applied_learning_rate
