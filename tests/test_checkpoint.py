@@ -345,8 +345,8 @@ def test_start_over_after_a_kill_before_the_first_checkpoint_logs_each_step_once
   records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in records] == list(range(13))   # one start record, 12 steps
   assert isinstance(records[0]["num_params"], int)
-  assert _event_steps(tmp_path, "train_loss") == list(range(1, 13))
-  assert _event_steps(tmp_path, "eval_loss") == [0, 12]
+  assert _event_steps(tmp_path, "train/train_loss") == list(range(1, 13))
+  assert _event_steps(tmp_path, "eval/eval_loss") == [0, 12]
 
 
 def test_failed_start_leaves_the_workdir_reusable(tmp_path, monkeypatch, capsys):

@@ -233,8 +233,8 @@ def test_metric_log_repair_keeps_each_step_once(tmp_path):
   from tensorboard.backend.event_processing import event_accumulator  # noqa: PLC0415
   acc = event_accumulator.EventAccumulator(str(tmp_path / "tb"))
   acc.Reload()
-  assert [e.step for e in acc.Scalars("train_loss")] == [1]
-  assert [e.step for e in acc.Scalars("eval_loss")] == [0]
+  assert [e.step for e in acc.Scalars("train/train_loss")] == [1]
+  assert [e.step for e in acc.Scalars("eval/eval_loss")] == [0]
 
 
 # ---------------------------------------------------------------------------- resume config

@@ -138,19 +138,21 @@ def _is_rate(name: str) -> bool:
 def runtime_hyperparams(opt_config, param_axes: Any) -> tuple[dict[str, float], dict[str, Any]]:
   """Splits the optimizer's keywords into ``(runtime, static)``.
 
-  Runtime values (floats: peak rates, weight decay, betas, eps; unset ones at the
-  optimizer's default) live in the optimizer state through
-  ``optax.inject_hyperparams``, so runs that differ only in them share one
-  compiled train step. Static values (masks, bools, ints, names) shape the
-  computation itself.
+  Runtime values (the peak rates and weight decay) live in the optimizer state
+  through ``optax.inject_hyperparams``, so runs that differ only in them share one
+  compiled train step. They only scale a term, so a float32 value in the state
+  gives the very numbers a compiled-in constant gives. Everything else is static,
+  betas included: optax computes ``1 - beta`` in Python's float64 for a constant
+  but in float32 for an injected value, which would change every update in its
+  last bits (and a run's loss curve with it).
   """
   kwargs = optimizer_kwargs(opt_config, param_axes)
   defaults = inspect.signature(optim.OPTIMIZERS[opt_config.name]).parameters
   runtime, static = {"learning_rate": float(opt_config.learning_rate)}, {}
   for name in optim.optimizer_keywords(opt_config.name):
     value = kwargs.get(name, defaults[name].default)
-    if isinstance(value, float) or (_is_rate(name) and isinstance(value, int)
-                                     and not isinstance(value, bool)):
+    if ((_is_rate(name) or name == "weight_decay") and isinstance(value, (int, float))
+        and not isinstance(value, bool)):
       runtime[name] = float(value)
     elif name in kwargs:
       static[name] = value

@@ -6,7 +6,7 @@ its input (the CLI validated it) and traces the train state once: one
 parameters' logical axes.
 
 The jitted train and eval steps are cached per *static* config: runs that
-differ only in runtime values (learning rates, weight decay, betas, eps, which
+differ only in runtime values (learning rates and weight decay, which
 live in the optimizer state; ``train.seed``, which only changes the initial
 state) get the very same jitted function, so JAX compiles their step once per
 process (``signflax.train.optimizer.runtime_hyperparams``).
