@@ -293,11 +293,9 @@ def _mean_sweeps(config):
 
 
 def _data_scaling(config, out: pathlib.Path, tb: EventWriter) -> dict:
-  problem = _problem(config)
-  s = problem.relative_difficulty
+  s = _problem(config).relative_difficulty
   rows, summary, arrays = [], {}, {}
-  plt = _plt()
-  fig, ax = plt.subplots(figsize=(5.5, 4))
+  fig, ax = _plt().subplots(figsize=(5.5, 4))
   for name, family, sweep, mean in _mean_sweeps(config):                   # mean: (D, B, lr)
     # The law's prediction is for the best loss over every (eta, B) at each D.
     best, (b_idx, lr_idx) = linreg.best_over(mean, (1, 2))
@@ -343,11 +341,9 @@ def _data_scaling(config, out: pathlib.Path, tb: EventWriter) -> dict:
 
 
 def _batch_scaling(config, out: pathlib.Path, tb: EventWriter) -> dict:
-  problem = _problem(config)
-  s = problem.relative_difficulty
+  s = _problem(config).relative_difficulty
   rows, summary, arrays = [], {}, {}
-  plt = _plt()
-  fig, ax = plt.subplots(figsize=(5.5, 4))
+  fig, ax = _plt().subplots(figsize=(5.5, 4))
   for name, family, sweep, mean in _mean_sweeps(config):                   # mean: (D, B, lr)
     per_batch, _ = linreg.best_over(mean, 2)                                # (D, B)
     # B* is where the tuned loss leaves its small-batch plateau; the law predicts how it
