@@ -279,8 +279,8 @@ def test_restore_onto_another_data_size_is_a_one_line_error(reference, tmp_path)
   _, err = proc.communicate(timeout=300)
   assert proc.returncode == 2
   lines = [l for l in err.splitlines() if "error:" in l]
-  assert len(lines) == 1 and "per_replica" in lines[0] and "(4," in lines[0] \
-      and "(2," in lines[0], err[-2000:]
+  assert len(lines) == 1 and "per_replica" in lines[0] and "[4," in lines[0] \
+      and "[2," in lines[0], err[-2000:]
 
 
 @pytest.mark.slow
