@@ -628,10 +628,6 @@ def scalar_to_json(x) -> float:
 # onto a sharding the caller names, needs neither.
 
 
-def _one_line(e: BaseException) -> str:
-  return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
-
-
 def _committed_steps(directory: pathlib.Path) -> list[int]:
   """Steps under a checkpoints directory whose ``state`` is complete, oldest first.
 
@@ -684,7 +680,7 @@ def read_params(workdir_or_step_dir: str | pathlib.Path, step: int | None = None
     saved = handler.metadata(state_dir).tree
   except Exception as e:  # noqa: BLE001 - unreadable metadata is bad input here
     raise ValueError(f"workdir_or_step_dir: {str(state_dir)!r} is not a readable Orbax "
-                     f"checkpoint ({_one_line(e)})") from e
+                     f"checkpoint ({_first_line(e)})") from e
   if not isinstance(saved, dict) or "params" not in saved:
     keys = ", ".join(map(str, saved)) if isinstance(saved, dict) else type(saved).__name__
     raise ValueError(f"workdir_or_step_dir: {str(state_dir)!r} holds no 'params' (found: {keys})")
@@ -705,7 +701,7 @@ def read_params(workdir_or_step_dir: str | pathlib.Path, step: int | None = None
     restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
         item=item, restore_args=restore_args, partial_restore=True))
   except Exception as e:  # noqa: BLE001 - missing or damaged array files
-    raise ValueError(f"workdir_or_step_dir: {str(state_dir)!r} failed to read ({_one_line(e)})"
+    raise ValueError(f"workdir_or_step_dir: {str(state_dir)!r} failed to read ({_first_line(e)})"
                      ) from e
   finally:
     checkpointer.close()
