@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import jax
 
-from signflax.metric_writers import EventWriter, MetricWriter, ProgressBar  # noqa: F401
-
 # Peak dense bf16 FLOP/s per device (vendor datasheets), matched as a lower-case
 # substring of ``jax.Device.device_kind``; the first match wins. CPUs have no entry.
 PEAK_BF16_FLOPS = (

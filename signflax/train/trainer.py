@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from signflax import data as data_lib
+from signflax import metric_writers
 from signflax import model as model_lib
 from signflax import parallel
 from signflax.train import checkpoint as checkpoint_lib
@@ -135,7 +136,7 @@ class _Loop:
   train_step: Any      # compiled
   train_iter: Any
   evaluate: Evaluator
-  writer: metrics_lib.MetricWriter
+  writer: metric_writers.MetricWriter
   ckpt: checkpoint_lib.Checkpointer
   stopper: preemption.PreemptionHandler
 
@@ -154,7 +155,7 @@ def _train_loop(loop: _Loop, state, resumed: dict):
   tokens_per_step = t.global_batch_size * t.seq_len
   flops_per_token = model_lib.flops_per_token(run.model, t.seq_len)
   peak_flops = metrics_lib.peak_flops_per_device()
-  progress = metrics_lib.ProgressBar(t.steps, enabled=jax.process_index() == 0)
+  progress = metric_writers.ProgressBar(t.steps, enabled=jax.process_index() == 0)
   first = int(state.step) + 1
   # A resumed run continues the interval the checkpoint cut, so its logged mean is unchanged.
   last_step = resumed.get("interval_start", first - 1)
@@ -419,7 +420,7 @@ def _run(config, workdir, stopper, stack, allow_config_change) -> int:
       if guard is not None and not guard.existed:  # a new workdir: lock it now
         stack.callback(recovery.WorkdirLock.acquire(workdir).release)
       _record_config(workdir, config, restored, changes)
-    writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
+    writer = metric_writers.MetricWriter(workdir, enabled=is_main)
     writer.restart(int(state.step))  # every start: each step appears once in the logs
     code = _train(job, workdir, state, restored, ckpt, writer, stopper, tokenizer, start)
   except _Stopped:
