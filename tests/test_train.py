@@ -6,6 +6,7 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from signflax import cli
@@ -210,6 +211,50 @@ def test_muon_fallback_rate_follows_the_schedule():
   assert rates[0] == 0.0 and rates[-1] < rates[5]  # warmup from 0, then decay
 
 
+@pytest.mark.parametrize("schedule, shape", [("wsd", "linear"), ("wsd", "cosine"),
+                                             ("wsd", "1-sqrt"), ("cosine", "linear"),
+                                             ("constant", "linear")])
+def test_rate_table_holds_the_compiled_in_schedule_bit_for_bit(schedule, shape):
+  """The injected table equals the schedule XLA compiles with a constant peak (whose
+  constant folding differs from the same formula on a traced peak)."""
+  opt = small_config(**{"optimizer.learning_rate": 3e-3, "optimizer.schedule": schedule,
+                        "optimizer.warmup_steps": 7, "optimizer.decay_shape": shape,
+                        "optimizer.final_lr_fraction": 0.1}).optimizer
+  table = optimizer_lib.rate_table(opt, 60, 3e-3)
+  compiled_in = jax.jit(optimizer_lib.make_schedule(opt, 60))
+  np.testing.assert_array_equal(table, [compiled_in(jnp.int32(t)) for t in range(61)])
+
+
+@pytest.mark.parametrize("name", ["adamw", "muon"])
+def test_injected_optimizer_is_bit_identical_to_compiled_in_constants(name):
+  """Runtime rates and weight decay change no bit of a run's parameters."""
+  opt = small_config(**{"optimizer.name": name, "optimizer.learning_rate": 1e-3,
+                        "optimizer.warmup_steps": 7, "optimizer.weight_decay": 0.1,
+                        "optimizer.decay_fraction": 0.3, "optimizer.final_lr_fraction": 0.1,
+                        "optimizer.muon.fallback_learning_rate": 1e-3}).optimizer
+  axes = {"w": ("embed", "mlp"), "b": ("embed",)}
+  injected, _ = optimizer_lib.make_optimizer(opt, 30, axes)
+  runtime, static = optimizer_lib.runtime_hyperparams(opt, axes)
+  constants = {k: optimizer_lib.make_schedule(opt, 30, peak=v) if k.endswith("learning_rate")
+               else v for k, v in runtime.items()}
+  assert len(constants) == (3 if name == "muon" else 2)  # rate(s) and weight decay
+  compiled_in = optim.get_optimizer(name, **constants, **static)
+  rng = np.random.default_rng(0)
+  grads = [{"w": jnp.asarray(rng.normal(size=(8, 8)), jnp.float32),
+            "b": jnp.asarray(rng.normal(size=(8,)), jnp.float32)} for _ in range(30)]
+  results = []
+  for tx in (injected, compiled_in):
+    # Parameters near the rates' scale, so a rate's last bit reaches them.
+    params = {"w": jnp.full((8, 8), 1e-3), "b": jnp.full((8,), 1e-3)}
+    state, update = tx.init(params), jax.jit(tx.update)
+    for g in grads:
+      updates, state = update(g, state, params)
+      params = optax.apply_updates(params, updates)
+    results.append(params)
+  for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_logged_learning_rate_is_the_applied_one_after_skipped_steps():
   """nan_policy="skip" keeps the optimizer's count while the step counter moves on."""
   cfg, graphdef, _, axes = _tiny_model()
@@ -254,7 +299,7 @@ def test_runs_differing_only_in_runtime_values_share_one_compiled_step():
     run = setup_lib.setup(config)
     with jax.set_mesh(run.mesh):
       state = run.init_state()
-      rates.append(float(state.opt_state.hyperparams["learning_rate"]))  # before donation
+      rates.append(float(state.opt_state.hyperparams["learning_rate"].max()))  # its peak
       tokens = np.zeros((16, 32), np.int32)
       batch = {k: jax.device_put(tokens, run.batch_sharding) for k in ("inputs", "targets")}
       before = len(_COMPILES)

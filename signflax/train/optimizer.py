@@ -6,7 +6,9 @@ import inspect
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from signflax import optim
@@ -139,9 +141,9 @@ def runtime_hyperparams(opt_config, param_axes: Any) -> tuple[dict[str, float], 
   """Splits the optimizer's keywords into ``(runtime, static)``.
 
   Runtime values (the peak rates and weight decay) live in the optimizer state
-  through ``optax.inject_hyperparams``, so runs that differ only in them share one
-  compiled train step. They only scale a term, so a float32 value in the state
-  gives the very numbers a compiled-in constant gives. Everything else is static,
+  through ``optax.inject_hyperparams`` (each rate as its ``rate_table``), so runs
+  that differ only in them share one compiled train step and get the very numbers
+  compiled-in constants give. Everything else is static,
   betas included: optax computes ``1 - beta`` in Python's float64 for a constant
   but in float32 for an injected value, which would change every update in its
   last bits (and a run's loss curve with it).
@@ -159,6 +161,33 @@ def runtime_hyperparams(opt_config, param_axes: Any) -> tuple[dict[str, float], 
   return runtime, static
 
 
+def rate_table(opt_config, total_steps: int, peak: float) -> np.ndarray:
+  """``float32[total_steps + 1]``: the schedule of ``peak`` at every step ``0..total_steps``.
+
+  Computed by the schedule compiled with ``peak`` as a constant, one scalar step at
+  a time: the very numbers a schedule compiled into the train step gives. (XLA
+  folds constants, e.g. ``peak * t / W`` into ``t * (peak / W)``, so the same
+  formula with a traced peak differs in the last bit at some steps, and a run's
+  loss curve with it.)
+  """
+  schedule = make_schedule(opt_config, total_steps, peak=peak)
+  steps = jnp.arange(total_steps + 1, dtype=jnp.int32)
+  return np.asarray(jax.jit(lambda s: jax.lax.map(schedule, s))(steps), np.float32)
+
+
+def injected_hyperparams(opt_config, total_steps: int) -> dict[str, Any]:
+  """The values ``make_optimizer`` puts in ``opt_state.hyperparams``: each rate's
+  ``rate_table``, and weight decay as a float."""
+  runtime, _ = runtime_hyperparams(opt_config, None)
+  return {k: rate_table(opt_config, total_steps, v) if _is_rate(k) else v
+          for k, v in runtime.items()}
+
+
+def _lookup(table: jax.Array) -> optax.Schedule:
+  """The schedule reading ``table`` at the optimizer's count (its last entry past the end)."""
+  return lambda count: table[jnp.minimum(count, table.shape[0] - 1)]
+
+
 def make_optimizer(opt_config, total_steps: int, param_axes: Any
                    ) -> tuple[optax.GradientTransformation, Callable[[Any], jax.Array]]:
   r"""Returns ``(tx, applied_learning_rate)``.
@@ -168,34 +197,33 @@ def make_optimizer(opt_config, total_steps: int, param_axes: Any
   peak ``learning_rate`` and, for Muon, ``fallback_learning_rate``) is
   :math:`\eta_t = \eta_{peak} \cdot s(t)` with one schedule shape ``s`` on the
   optimizer's own step count, so a fallback rate warms up and decays with the
-  main one. ``applied_learning_rate(opt_state)`` is the main rate the next
-  update applies, read from the optimizer's own count: a step skipped by
-  ``nan_policy="skip"`` does not advance it.
+  main one. Each rate sits in the state as its ``rate_table`` (one float per
+  step), so runs that differ in their peaks share one compiled step and apply
+  the numbers a compiled-in schedule gives. ``applied_learning_rate(opt_state)``
+  is the main rate the next update applies, read from the optimizer's own count:
+  a step skipped by ``nan_policy="skip"`` does not advance it.
 
   Clipping rescales the whole gradient by one positive factor, so before a sign
   it changes nothing: sign_sgd's update is identical with or without it. Where a
   momentum sits before the sign (signum, lion, Muon's momentum) it only reweights
   steps inside that average; for SGD, momentum and AdamW it bounds the step.
   """
-  runtime, static = runtime_hyperparams(opt_config, param_axes)
+  _, static = runtime_hyperparams(opt_config, param_axes)
+  injected = injected_hyperparams(opt_config, total_steps)
   name, clip_norm = opt_config.name, opt_config.grad_clip_norm
 
   def build(**hyperparams):
-    # The schedule itself with an injected peak: the same arithmetic as a plain schedule,
-    # so a run's rates (and losses) are bit-identical to building it without injection.
-    rates = {k: make_schedule(opt_config, total_steps, peak=v) for k, v in hyperparams.items()
-             if _is_rate(k)}
+    rates = {k: _lookup(v) for k, v in hyperparams.items() if _is_rate(k)}
     tx = optim.get_optimizer(name, **{**hyperparams, **rates, **static})
     if clip_norm:
       tx = optax.chain(optax.clip_by_global_norm(clip_norm), tx)
     return tx
 
   build.__signature__ = inspect.Signature(
-      [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY) for k in runtime])
-  tx = optax.inject_hyperparams(build)(**runtime)
+      [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY) for k in injected])
+  tx = optax.inject_hyperparams(build)(**injected)
 
   def applied_learning_rate(opt_state) -> jax.Array:
-    peak = opt_state.hyperparams["learning_rate"]
-    return make_schedule(opt_config, total_steps, peak=peak)(opt_state.count)
+    return _lookup(opt_state.hyperparams["learning_rate"])(opt_state.count)
 
   return tx, applied_learning_rate

@@ -201,7 +201,8 @@ def _train_loop(loop: _Loop, state, resumed: dict):
       # Evaluation and logging are not part of the next interval's step time.
       last_time, timed_from = time.monotonic(), step
     if save:
-      loop.ckpt.save(step, state, _loop_extra(loop.train_iter, loss_sum, last_step, skipped))
+      extra = _loop_extra(loop.train_iter, loss_sum, last_step, skipped)
+      loop.ckpt.save(step, _checkpointed(state), extra)
       last_saved = step
     if preempted:
       loop.writer.flush()
@@ -310,7 +311,7 @@ def _restore(job: setup_lib.Run, ckpt, workdir, allow_change: bool):
   labels = ((saved or {}).get("optimizer", {}).get("name", "saved"), config.optimizer.name)
   if ckpt.all_steps():  # the saved tree names a changed optimizer best: check it first
     try:
-      ckpt.check_compatible(ckpt.all_steps()[-1], job.abstract_state, labels)
+      ckpt.check_compatible(ckpt.all_steps()[-1], _checkpointed(job.abstract_state), labels)
     except checkpoint_lib.IncompatibleCheckpointError:
       raise
     except Exception:  # noqa: BLE001 - unreadable: restore_latest classifies it
@@ -318,19 +319,29 @@ def _restore(job: setup_lib.Run, ckpt, workdir, allow_change: bool):
   error, changes = _resume_config_error(saved, config, allow_change)
   if error:
     raise ValueError(error)
-  return ckpt.restore_latest(job.abstract_state, labels), changes
+  return ckpt.restore_latest(_checkpointed(job.abstract_state), labels), changes
 
 
-def _with_config_hyperparams(state, config, param_axes):
-  """The restored state with the config's runtime hyperparameters (a resume may change
-  the learning rate: the checkpoint holds the old one)."""
-  hyperparams = getattr(state.opt_state, "hyperparams", None)
-  if not hyperparams:
+def _checkpointed(state):
+  """What a checkpoint holds: ``state`` (or its abstract tree) less the injected
+  hyperparameters, which every start takes from its config (``_with_config_hyperparams``).
+  So a resume may change a rate, weight decay or ``train.steps`` (the rate tables'
+  length) and still restore."""
+  opt_state = state.opt_state
+  if not getattr(opt_state, "hyperparams", None):
     return state
-  runtime, _ = optimizer_lib.runtime_hyperparams(config.optimizer, param_axes)
-  fresh = {k: (jax.device_put(jnp.asarray(runtime[k], v.dtype), v.sharding)
-               if k in runtime else v) for k, v in hyperparams.items()}
-  return state._replace(opt_state=state.opt_state._replace(hyperparams=fresh))
+  return state._replace(opt_state=opt_state._replace(hyperparams={}))
+
+
+def _with_config_hyperparams(state, job: setup_lib.Run):
+  """A restored (checkpointed) state completed with the config's injected hyperparameters."""
+  wanted = getattr(job.abstract_state.opt_state, "hyperparams", None)
+  if not wanted:
+    return state
+  values = optimizer_lib.injected_hyperparams(job.config.optimizer, job.config.train.steps)
+  hyperparams = {k: jax.device_put(jnp.asarray(values[k], v.dtype), v.sharding)
+                 for k, v in wanted.items()}
+  return state._replace(opt_state=state.opt_state._replace(hyperparams=hyperparams))
 
 
 def _record_config(workdir, config, restored, changes) -> None:
@@ -409,7 +420,7 @@ def _run(config, workdir, stopper, stack, allow_config_change) -> int:
     ckpt.close()
     return 0
   state = (job.init_state() if restored is None
-           else _with_config_hyperparams(restored.state, config, job.param_axes))
+           else _with_config_hyperparams(restored.state, job))
 
   # Only now is the workdir written to: every check that could refuse the run has passed.
   guard = recovery.StartGuard(workdir) if restored is None else None
