@@ -33,6 +33,8 @@ from typing import Any, Sequence
 
 import ml_collections
 
+from signflax import storage
+
 # Configs that ship inside the package: `--config lm/tiny` names signflax/configs/lm/tiny.py.
 PACKAGED_CONFIGS = pathlib.Path(__file__).resolve().parent / "configs"
 
@@ -256,6 +258,7 @@ def _main(argv: Sequence[str] | None) -> int:
     parser.print_help()
     return 0 if argv else 2
   command, rest = argv[0], argv[1:]
+  storage.configure_clients()  # a GCS emulator, if STORAGE_EMULATOR_HOST names one
   if command in CONFIG_COMMANDS:
     if rest and rest[0] in ("-h", "--help"):
       print(f"usage: signflax {command} [--config FILE|NAME] --workdir DIR "

@@ -20,12 +20,14 @@ from __future__ import annotations
 import json
 import math
 import numbers
-import os
 import pathlib
+import shutil
 import sys
+import tempfile
 import time
 from typing import Mapping, TextIO
 
+from signflax import storage
 from signflax.tensorboard_extras import tensorboard_tag
 
 # The key that marks a start record (model size, compile time, first eval); a
@@ -48,36 +50,59 @@ class EventWriter:
 
   Stock ``tensorboard --logdir`` reads them. Used by :class:`MetricWriter` and by the
   linreg experiments.
+
+  An object-store ``logdir`` (``gs://``): tensorboard's writer appends to its file,
+  which object storage cannot do, so the events go to a local file and every
+  ``flush`` (and at most every ``upload_secs`` while writing) uploads it whole. Each
+  session writes its own file (TensorBoard's names hold the time and the pid), so no
+  upload overwrites another session's events.
   """
 
-  def __init__(self, logdir: str | pathlib.Path, *, flush_secs: int = 10):
+  def __init__(self, logdir: str | pathlib.Path, *, flush_secs: int = 10,
+               upload_secs: float = 60.0):
     from tensorboard.compat.proto import event_pb2, summary_pb2  # noqa: PLC0415
     from tensorboard.summary.writer.event_file_writer import EventFileWriter  # noqa: PLC0415
     self._event_pb2, self._summary_pb2 = event_pb2, summary_pb2
-    self._writer = EventFileWriter(str(logdir), flush_secs=flush_secs)
+    self._remote = storage.path(logdir) if storage.is_remote(logdir) else None
+    self._local = tempfile.mkdtemp(prefix="signflax-events-") if self._remote else None
+    self._upload_secs, self._uploaded_at = upload_secs, time.monotonic()
+    self._writer = EventFileWriter(self._local or str(logdir), flush_secs=flush_secs)
+
+  def _add(self, event) -> None:
+    self._writer.add_event(event)
+    if self._remote and time.monotonic() - self._uploaded_at > self._upload_secs:
+      self.flush()
+
+  def _upload(self) -> None:
+    storage.upload_dir(self._local, self._remote)
+    self._uploaded_at = time.monotonic()
 
   def scalars(self, step: int, values: Mapping[str, float | None]) -> None:
     """One event at ``step`` holding every non-None value."""
     summary = self._summary_pb2.Summary(value=[
         self._summary_pb2.Summary.Value(tag=k, simple_value=float(v))
         for k, v in values.items() if v is not None and not isinstance(v, str)])
-    self._writer.add_event(self._event_pb2.Event(wall_time=time.time(), step=int(step),
-                                                 summary=summary))
+    self._add(self._event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
 
   def scalar(self, tag: str, value: float, step: int) -> None:
     self.scalars(step, {tag: value})
 
   def restart(self, step: int) -> None:
     """A SessionLog START at ``step``: TensorBoard drops earlier points at ``step`` and later."""
-    self._writer.add_event(self._event_pb2.Event(
+    self._add(self._event_pb2.Event(
         wall_time=time.time(), step=int(step),
         session_log=self._event_pb2.SessionLog(status=self._event_pb2.SessionLog.START)))
 
   def flush(self) -> None:
     self._writer.flush()
+    if self._remote:
+      self._upload()
 
   def close(self) -> None:
     self._writer.close()
+    if self._remote:
+      self._upload()
+      shutil.rmtree(self._local, ignore_errors=True)
 
   def __enter__(self):
     return self
@@ -89,7 +114,7 @@ class EventWriter:
 def read_records(path: str | pathlib.Path) -> list[dict]:
   """The complete records of a metrics.jsonl (a torn last line is skipped)."""
   records = []
-  for line in pathlib.Path(path).read_text(encoding="utf-8").splitlines():
+  for line in storage.path(path).read_text(encoding="utf-8").splitlines():
     try:
       records.append(json.loads(line))
     except ValueError:
@@ -106,7 +131,7 @@ def repair_log(path: str | pathlib.Path, start_step: int) -> list[dict]:
   rewritten (atomically, by rename) only when something is dropped or the last
   line is torn.
   """
-  path = pathlib.Path(path)
+  path = storage.path(path)
   if not path.exists():
     return []
   text = path.read_text(encoding="utf-8")
@@ -125,9 +150,7 @@ def repair_log(path: str | pathlib.Path, start_step: int) -> list[dict]:
     if step == start_step:
       at_start.append(record)
   if changed:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept_lines), encoding="utf-8")
-    os.replace(tmp, path)
+    storage.write_text(path, "".join(line + "\n" for line in kept_lines))
   return at_start
 
 
@@ -135,17 +158,28 @@ class MetricWriter:
   """Writes scalars to ``workdir/metrics.jsonl`` and TensorBoard events in ``workdir/tb``.
 
   Only process 0 writes (``enabled``). Integer values are written as JSON integers.
+
+  On a local disk every record is appended and flushed as it comes. On object
+  storage (``gs://``), which has no append, metrics.jsonl is rewritten whole at
+  each ``flush`` (the trainer flushes at every checkpoint, on a signal and at the
+  end) and at most every ``upload_secs`` while writing. A kill loses only records
+  after the last flush, which belong to steps after the last checkpoint: the
+  resumed run logs them again.
   """
 
-  def __init__(self, workdir: str | pathlib.Path, *, enabled: bool = True):
+  def __init__(self, workdir: str | pathlib.Path, *, enabled: bool = True,
+               upload_secs: float = 60.0):
     self.enabled = enabled
     if not enabled:
       return
-    self.workdir = pathlib.Path(workdir)
+    self.workdir = storage.path(workdir)
     self.workdir.mkdir(parents=True, exist_ok=True)
     self._jsonl_path = self.workdir / "metrics.jsonl"
     self._jsonl = None
-    self._events = EventWriter(self.workdir / "tb")
+    self._remote = storage.is_remote(self.workdir)
+    self._lines: list[str] = []   # object storage: the whole log, rewritten on flush
+    self._dirty, self._upload_secs, self._uploaded_at = False, upload_secs, time.monotonic()
+    self._events = EventWriter(self.workdir / "tb", upload_secs=upload_secs)
 
   def _file(self) -> TextIO:
     if self._jsonl is None:
@@ -156,8 +190,14 @@ class MetricWriter:
     if not self.enabled:
       return
     record = {"step": int(step), **{k: _json_value(v) for k, v in metrics.items()}}
-    self._file().write(json.dumps(record) + "\n")
-    self._jsonl.flush()
+    if self._remote:
+      self._lines.append(json.dumps(record) + "\n")
+      self._dirty = True
+      if time.monotonic() - self._uploaded_at > self._upload_secs:
+        self._write_remote_log()
+    else:
+      self._file().write(json.dumps(record) + "\n")
+      self._jsonl.flush()
     # NaN stays NaN here (TensorBoard shows it); tags grouped train/, eval/, optim/, perf/.
     self._events.scalars(step, {tensorboard_tag(k): v for k, v in metrics.items()})
 
@@ -174,15 +214,26 @@ class MetricWriter:
       self._jsonl.close()
       self._jsonl = None
     kept = repair_log(self._jsonl_path, int(step))
+    if self._remote:
+      self._lines = ([line + "\n" for line in self._jsonl_path.read_text().splitlines()]
+                     if self._jsonl_path.exists() else [])
     self._events.restart(int(step))
     for record in kept:
       self._events.scalars(step, {tensorboard_tag(k): v
                                   for k, v in record_scalars(record).items()})
 
+  def _write_remote_log(self) -> None:
+    if self._dirty:
+      storage.write_text(self._jsonl_path, "".join(self._lines))
+      self._dirty = False
+    self._uploaded_at = time.monotonic()
+
   def flush(self) -> None:
     if self.enabled:
       if self._jsonl is not None:
         self._jsonl.flush()
+      if self._remote:
+        self._write_remote_log()
       self._events.flush()
 
   def close(self) -> None:
@@ -190,6 +241,8 @@ class MetricWriter:
       if self._jsonl is not None:
         self._jsonl.close()
         self._jsonl = None
+      if self._remote:
+        self._write_remote_log()
       self._events.close()
 
 

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import json
 import pathlib
+import shutil
+import tempfile
 import time
 from typing import Any, Mapping
+
+from signflax import storage
 
 _GROUPS = {
     "train": ("train_loss", "step_loss", "tokens", "skipped_steps", "resumed_from_step"),
@@ -56,7 +60,9 @@ def write_hparams(logdir: str | pathlib.Path, hparams: Mapping[str, Any], config
   from tensorboard.plugins.hparams import summary_v2 as hparams_summary  # noqa: PLC0415
   from tensorboard.plugins.text import summary_v2 as text_summary  # noqa: PLC0415
   from tensorboard.summary.writer.event_file_writer import EventFileWriter  # noqa: PLC0415
-  writer = EventFileWriter(str(logdir), filename_suffix=".hparams")
+  remote = storage.is_remote(logdir)  # object storage: write locally, upload the file
+  local = tempfile.mkdtemp(prefix="signflax-hparams-") if remote else str(logdir)
+  writer = EventFileWriter(local, filename_suffix=".hparams")
   now = time.time()
   summaries = [hparams_summary.hparams_pb({k: _hparam_value(v) for k, v in hparams.items()},
                                           start_time_secs=now)]
@@ -69,3 +75,6 @@ def write_hparams(logdir: str | pathlib.Path, hparams: Mapping[str, Any], config
   for summary in summaries:
     writer.add_event(event_pb2.Event(wall_time=now, step=0, summary=summary))
   writer.close()
+  if remote:
+    storage.upload_dir(local, storage.path(logdir))
+    shutil.rmtree(local, ignore_errors=True)

@@ -36,6 +36,7 @@ from typing import Sequence
 
 import numpy as np
 
+from signflax import storage
 from signflax.data import sources
 from signflax.data import tokenizer as tokenizer_lib
 
@@ -75,6 +76,14 @@ def _check_args(args) -> None:
       raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(args, name)}")
   if args.max_bytes < 0:
     raise ValueError(f"--max-bytes: must be >= 0 (0 = all), got {args.max_bytes}")
+  if storage.is_remote(args.output):
+    error = storage.access_error(args.output)
+    if error:
+      raise ValueError(error.replace("--workdir", "--output", 1))
+    remote = storage.path(args.output)
+    if remote.is_dir() and any(remote.iterdir()) and not args.overwrite:
+      raise ValueError(f"--output: {args.output!r} is not empty; pass --overwrite to replace it")
+    return
   out = os.path.abspath(os.path.expanduser(args.output))
   if os.path.exists(out) and not os.path.isdir(out):
     raise ValueError(f"--output: {args.output!r} exists and is not a directory")
@@ -88,7 +97,8 @@ def _split_plan(args, out: str) -> tuple[str, dict[str, tuple[sources.Doc, ...]]
     source, corpus = "stdlib", sources.list_corpus("stdlib")
   else:
     source, corpus = "text", sources.list_corpus("text", ",".join(args.input), field="--input")
-  inside = [p for p in corpus.paths if os.path.commonpath([out, p]) == out]
+  inside = [] if storage.is_remote(out) else [
+      p for p in corpus.paths if os.path.commonpath([out, p]) == out]
   if inside:  # --overwrite would delete them
     raise ValueError(f"--output: {args.output!r} holds input file {inside[0]!r}; "
                      "write the shards somewhere else")
@@ -149,15 +159,30 @@ def write_split(docs: Sequence[sources.Doc], tok: tokenizer_lib.Tokenizer, out_d
           "bytes": sources.docs_bytes(docs), "unigram_counts": f"unigram_{split}.npy"}
 
 
+def _upload(local: str, out) -> None:
+  """Uploads the finished shards to object storage, the manifest last: a reader that
+  finds the manifest finds every shard it names. ``--overwrite`` removes the old
+  contents first (object storage has no atomic directory swap)."""
+  if out.exists():
+    out.rmtree()
+  names = sorted(os.listdir(local), key=lambda n: n == sources.MANIFEST)
+  out.mkdir(parents=True, exist_ok=True)
+  for name in names:
+    with open(os.path.join(local, name), "rb") as f:
+      (out / name).write_bytes(f.read())
+
+
 def prepare(args) -> dict:
   """Writes the shards and manifest of ``args`` into ``args.output``; returns the manifest."""
   _check_args(args)
   tok = tokenizer_lib.get_tokenizer(args.tokenizer, field="--tokenizer")
-  out = os.path.abspath(os.path.expanduser(args.output))
+  remote = storage.is_remote(args.output)
+  out = args.output if remote else os.path.abspath(os.path.expanduser(args.output))
   source, plan = _split_plan(args, out)
-  parent = os.path.dirname(out)
+  # Object storage: the shards are written to a local directory and uploaded when done.
+  parent = tempfile.gettempdir() if remote else os.path.dirname(out)
   os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
+  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out.rstrip('/'))}.tmp-", dir=parent)
   umask = os.umask(0)
   os.umask(umask)
   os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private
@@ -178,7 +203,10 @@ def prepare(args) -> dict:
                                               records_per_shard=args.records_per_shard)
     with open(os.path.join(tmp, sources.MANIFEST), "w") as f:
       json.dump(manifest, f, indent=2)
-    if os.path.isdir(out):  # empty, or --overwrite: swap in the finished directory
+    if remote:
+      _upload(tmp, storage.path(out))
+      shutil.rmtree(tmp)
+    elif os.path.isdir(out):  # empty, or --overwrite: swap in the finished directory
       old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old-", dir=parent)
       os.rename(out, os.path.join(old, "d"))
       os.rename(tmp, out)

@@ -44,7 +44,6 @@ import importlib.util
 import itertools
 import json
 import math
-import os
 import pathlib
 import shlex
 import sys
@@ -52,6 +51,9 @@ import time
 from typing import Any, NamedTuple, Sequence
 
 import ml_collections
+from etils import epath
+
+from signflax import storage
 
 PSEUDO_FIELDS = ("gamma", "tokens")
 # compilation_cache: a directory shared by several sweeps (default DIR/.jax_cache)
@@ -218,10 +220,8 @@ def _read_json(path: pathlib.Path):
     return None
 
 
-def _atomic_write(path: pathlib.Path, text: str) -> None:
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  tmp.write_text(text)
-  os.replace(tmp, path)
+def _atomic_write(path: epath.Path, text: str) -> None:
+  storage.write_text(path, text)
 
 
 def read_metrics(run_dir: pathlib.Path) -> list[dict]:
@@ -265,7 +265,13 @@ def load_records(workdir: pathlib.Path) -> dict[str, dict]:
 
 
 @contextlib.contextmanager
-def _locked(workdir: pathlib.Path):
+def _locked(workdir: epath.Path):
+  """An exclusive lock among the sweep's processes on a local disk. Object storage has
+  none: concurrent ``--point`` jobs there may each rebuild sweep.jsonl without the other's
+  newest record; the per-point records stay complete and the next rebuild has both."""
+  if storage.is_remote(workdir):
+    yield
+    return
   with open(workdir / ".sweep.lock", "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     yield
@@ -336,7 +342,7 @@ class CompileCounter:
             "compiled": sorted({n for n, _ in compiles})}
 
 
-def enable_compilation_cache(directory: pathlib.Path) -> None:
+def enable_compilation_cache(directory: epath.Path) -> None:
   """JAX's persistent compilation cache in ``directory``, caching every executable.
 
   A step whose HLO is unchanged (another seed; another learning rate when the
@@ -402,7 +408,8 @@ def run(config, workdir: str, *, point: int | None = None) -> int:
   0: every selected point is recorded (done, diverged or failed: see
   ``sweep.jsonl``); 1 a point was interrupted (rerun the command to resume).
   """
-  workdir = pathlib.Path(workdir)
+  storage.configure_clients()
+  workdir = storage.path(workdir)
   points = expand(config)
   if point is not None and not 0 <= point < len(points):
     print(f"signflax sweep: error: --point: {point} is outside 0..{len(points) - 1}",
@@ -412,8 +419,8 @@ def run(config, workdir: str, *, point: int | None = None) -> int:
   _atomic_write(workdir / "sweep_config.json", json.dumps(
       {"points": [{"index": p.index, "id": p.id, "values": p.values} for p in points]},
       indent=1) + "\n")
-  enable_compilation_cache(pathlib.Path(config.get("compilation_cache")
-                                        or workdir / ".jax_cache"))
+  enable_compilation_cache(storage.path(config.get("compilation_cache")
+                                      or workdir / ".jax_cache"))
   counter = CompileCounter.get()
   selected = points if point is None else [points[point]]
   done = load_records(workdir)

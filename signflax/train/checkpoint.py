@@ -56,15 +56,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.experimental import multihost_utils
 
 from signflax import optim
+from signflax import storage
 
 STATE, EXTRA = "state", "extra"
 CHECKSUMS = "checksums"            # the key of the per-array checksums in ``extra``
 TMP_SUFFIX = ".orbax-checkpoint-tmp"
 # What a committed step directory always holds (relative paths).
 COMMITTED_FILES = ("_CHECKPOINT_METADATA", f"{STATE}/_METADATA", f"{EXTRA}/metadata")
+# On object storage Orbax writes a step in place and marks it done with this file.
+COMMIT_MARKER = "commit_success.txt"
 ERROR_LOG = "checkpoint_errors.log"
 CORRUPT_DIR = "corrupt_checkpoints"
 
@@ -281,6 +285,7 @@ def tree_nbytes(tree: Any) -> int:
 
 
 def free_bytes(path: str | pathlib.Path) -> int:
+  """Free bytes on the disk holding ``path`` (its nearest existing ancestor); local only."""
   return shutil.disk_usage(_existing_parent(pathlib.Path(path).absolute())).free
 
 
@@ -291,8 +296,17 @@ def _gb(n: float) -> str:
 # ---------------------------------------------------------------------------- leftovers
 
 
-def is_committed(step_dir: pathlib.Path) -> bool:
+def is_committed(step_dir: epath.Path) -> bool:
   return all((step_dir / name).exists() for name in COMMITTED_FILES)
+
+
+def _unfinished(directory: epath.Path) -> list[epath.Path]:
+  """Saves that never committed: ``<step>.orbax-checkpoint-tmp*`` on a local disk; step
+  directories without Orbax's commit marker on object storage."""
+  if storage.is_remote(directory):
+    return sorted(p for p in directory.iterdir()
+                  if p.name.isdigit() and not (p / COMMIT_MARKER).exists())
+  return sorted(p for p in directory.iterdir() if TMP_SUFFIX in p.name)
 
 
 def remove_leftovers(directory: str | pathlib.Path) -> list[str]:
@@ -304,13 +318,13 @@ def remove_leftovers(directory: str | pathlib.Path) -> list[str]:
   (``COMMITTED_FILES``) was being deleted (or copied) when a process died: moved to
   ``corrupt_checkpoints/``, never deleted.
   """
-  directory = pathlib.Path(directory)
+  directory = storage.path(directory)
   if not directory.is_dir():
     return []
   lines = []
-  unfinished = sorted(p for p in directory.iterdir() if TMP_SUFFIX in p.name)
+  unfinished = _unfinished(directory)
   for path in unfinished:
-    shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink()
+    storage.remove(path)
   if unfinished:
     lines.append(f"removed {len(unfinished)} unfinished checkpoint save(s) "
                  f"({', '.join(p.name.split('.')[0] for p in unfinished)}) in {directory}")
@@ -318,15 +332,15 @@ def remove_leftovers(directory: str | pathlib.Path) -> list[str]:
                      key=lambda p: int(p.name)):
     if not is_committed(path):
       target = _set_aside_path(directory, path.name)
-      shutil.move(str(path), str(target))
+      storage.move(path, target)
       lines.append(f"checkpoint step directory {path} is incomplete (a kill while it was "
                    f"deleted?); moved to {target}")
   return lines
 
 
-def _set_aside_path(directory: pathlib.Path, name: str) -> pathlib.Path:
+def _set_aside_path(directory: epath.Path, name: str) -> epath.Path:
   corrupt = directory.parent / CORRUPT_DIR
-  corrupt.mkdir(exist_ok=True)
+  corrupt.mkdir(parents=True, exist_ok=True)
   target = corrupt / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
   n = 1
   while target.exists():
@@ -405,7 +419,8 @@ class Checkpointer:
                retry_delay_s: float = 1.0, clean_leftovers: bool = False):
     if restore_tries < 1:
       raise ValueError(f"restore_tries: must be >= 1, got {restore_tries!r}")
-    self.directory = pathlib.Path(directory).absolute()
+    self.directory = (storage.path(directory) if storage.is_remote(directory)
+                      else storage.path(pathlib.Path(directory).absolute()))
     self.checksum, self.restore_tries, self.retry_delay_s = checksum, restore_tries, retry_delay_s
     self.error_log = self.directory.parent / ERROR_LOG
     self._room_warned = False
@@ -447,6 +462,8 @@ class Checkpointer:
 
   def _check_room(self, needed: int) -> int:
     """Free bytes; warns (once) when one more checkpoint would not fit with a 10% margin."""
+    if storage.is_remote(self.directory):  # a bucket has no free-space figure
+      return -1
     free = free_bytes(self.directory)
     if free < 1.1 * needed and not self._room_warned:
       self._room_warned = True
@@ -457,6 +474,8 @@ class Checkpointer:
   def _save_error(self, e: BaseException) -> CheckpointSaveError:
     reason = disk_full_reason(e) or _first_line(e)
     self._log_error("save", e)
+    if storage.is_remote(self.directory):
+      return CheckpointSaveError(f"checkpoint save to {self.directory} failed: {reason}")
     return CheckpointSaveError(
         f"checkpoint save failed: {reason} ({_gb(free_bytes(self.directory))} free, "
         f"{_gb(self._pending_bytes)} needed)")
@@ -595,9 +614,9 @@ class Checkpointer:
       return
     try:
       self.error_log.parent.mkdir(parents=True, exist_ok=True)
-      with open(self.error_log, "a", encoding="utf-8") as f:
-        f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {self.directory} {what}\n")
-        f.write("".join(traceback.format_exception(type(e), e, e.__traceback__)))
+      storage.append_text(
+          self.error_log, f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {self.directory} {what}\n"
+          + "".join(traceback.format_exception(type(e), e, e.__traceback__)))
     except OSError:
       pass  # the log is a courtesy; the one-line report already went out
 
@@ -607,7 +626,7 @@ class Checkpointer:
     if jax.process_index() == 0:
       for step in steps:
         target = _set_aside_path(self.directory, str(step))
-        shutil.move(str(self.directory / str(step)), str(target))
+        storage.move(self.directory / str(step), target)
         moved.append(target)
     multihost_utils.sync_global_devices("signflax_checkpoint_set_aside")
     self._manager.reload()
@@ -628,7 +647,7 @@ def scalar_to_json(x) -> float:
 # onto a sharding the caller names, needs neither.
 
 
-def _committed_steps(directory: pathlib.Path) -> list[int]:
+def _committed_steps(directory: epath.Path) -> list[int]:
   """Steps under a checkpoints directory whose ``state`` is complete, oldest first.
 
   Orbax writes into a temporary directory and renames it to ``<step>`` when done,
@@ -644,7 +663,8 @@ def _state_dir(workdir_or_step_dir: str | pathlib.Path, step: int | None
   if step is not None and (isinstance(step, bool) or not isinstance(step, (int, np.integer))
                            or step < 0):
     raise ValueError(f"step: must be an integer >= 0 or None, got {step!r}")
-  path = pathlib.Path(workdir_or_step_dir).expanduser()
+  path = (storage.path(workdir_or_step_dir) if storage.is_remote(workdir_or_step_dir)
+          else storage.path(pathlib.Path(workdir_or_step_dir).expanduser()))
   if not path.is_dir():
     raise ValueError(f"workdir_or_step_dir: {str(path)!r} is not a directory")
   if path.name == STATE and (path / "_METADATA").is_file():  # the state item itself

@@ -14,11 +14,12 @@ import fcntl
 import json
 import os
 import pathlib
-import shutil
 import time
 from typing import Any
 
 import jax
+
+from signflax import storage
 
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "config_history.jsonl"
@@ -44,7 +45,9 @@ class WorkdirLock:
   """An exclusive ``flock`` on the workdir directory itself (no lock file is written).
 
   The kernel drops it when the process dies, even by kill -9, so holding it proves
-  that no live run writes there: unfinished saves may then be removed.
+  that no live run writes there: unfinished saves may then be removed. Local
+  workdirs only: object storage has no lock that a killed process gives back, and a
+  pod's scheduler already runs one job per workdir.
   """
 
   def __init__(self, fd: int, path: pathlib.Path):
@@ -120,30 +123,26 @@ def compare_configs(saved: dict, new: dict) -> ConfigChanges:
   return changes
 
 
-def read_saved_config(workdir: str | pathlib.Path) -> dict | None:
+def read_saved_config(workdir: storage.PathLike) -> dict | None:
   """``workdir/config.json`` as a dict; None if absent or unreadable."""
   try:
-    return json.loads((pathlib.Path(workdir) / CONFIG_FILE).read_text())
+    return json.loads((storage.path(workdir) / CONFIG_FILE).read_text())
   except (OSError, ValueError):
     return None
 
 
-def write_config(workdir: str | pathlib.Path, config_json: str) -> None:
+def write_config(workdir: storage.PathLike, config_json: str) -> None:
   """Writes config.json atomically (a kill never leaves half a file)."""
-  path = pathlib.Path(workdir) / CONFIG_FILE
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(config_json.rstrip("\n") + "\n")
-  os.replace(tmp, path)
+  storage.write_text(storage.path(workdir) / CONFIG_FILE, config_json.rstrip("\n") + "\n")
 
 
-def append_history(workdir: str | pathlib.Path, step: int, changes: list) -> None:
+def append_history(workdir: storage.PathLike, step: int, changes: list) -> None:
   """One line in config_history.jsonl: when, at which step, and each ``old → new``."""
   entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "resumed_at_step": int(step),
            "changes": {field: {"old": None if old == _ABSENT else old,
                                "new": None if new == _ABSENT else new}
                        for field, old, new in changes}}
-  with open(pathlib.Path(workdir) / HISTORY_FILE, "a", encoding="utf-8") as f:
-    f.write(json.dumps(entry) + "\n")
+  storage.append_text(storage.path(workdir) / HISTORY_FILE, json.dumps(entry) + "\n")
 
 
 # ---------------------------------------------------------------------------- failed starts
@@ -159,8 +158,8 @@ class StartGuard:
   ``failed_starts/<time>/``, so the same or a corrected command starts cleanly.
   """
 
-  def __init__(self, workdir: str | pathlib.Path):
-    self.workdir = pathlib.Path(workdir)
+  def __init__(self, workdir: storage.PathLike):
+    self.workdir = storage.path(workdir)
     self.existed = self.workdir.exists()
     self.found = ({p.name for p in self.workdir.iterdir()} if self.existed else set())
 
@@ -172,17 +171,19 @@ class StartGuard:
     created = [self.workdir / n for n in (CONFIG_FILE, "metrics.jsonl", "tb")
                if n not in self.found and (self.workdir / n).exists()]
     note = None
-    if metrics.exists() and metrics.stat().st_size > 0:
+    if metrics.exists() and storage.size(metrics) > 0:
       target = self.workdir / FAILED_STARTS / time.strftime("%Y%m%d-%H%M%S")
       target.mkdir(parents=True, exist_ok=True)
       for name in (CONFIG_FILE, "metrics.jsonl", "tb"):
         if (self.workdir / name).exists():
-          shutil.move(str(self.workdir / name), str(target / name))
+          storage.move(self.workdir / name, target / name)
       note = f"this start's logs moved to {target}"
     else:
       for path in created:
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    if not self.existed and not any(self.workdir.iterdir()):
+        storage.remove(path)
+    # (An object store has no empty directories: nothing is left to remove there.)
+    if not self.existed and not storage.is_remote(self.workdir) and not any(
+        self.workdir.iterdir()):
       self.workdir.rmdir()
     return note
 
@@ -190,13 +191,18 @@ class StartGuard:
 # ---------------------------------------------------------------------------- compile cache
 
 
-def compilation_cache_dir(workdir: str | pathlib.Path, configured: str | None) -> str | None:
+def compilation_cache_dir(workdir: storage.PathLike, configured: str | None) -> str | None:
   """The persistent compilation cache: ``configured``, or ``WORKDIR/../.jax_cache`` when
-  None; ``""`` turns it off (None returned)."""
+  None (``gs://`` too: JAX reads and writes its cache through epath, so a pod's
+  recreated VMs find it); ``""`` turns it off (None returned)."""
   if configured == "":
     return None
   if configured is None:
+    if storage.is_remote(workdir):
+      return os.fspath(storage.path(workdir).parent / ".jax_cache")
     return str(pathlib.Path(workdir).absolute().parent / ".jax_cache")
+  if storage.is_remote(configured):
+    return configured
   return str(pathlib.Path(configured).expanduser().absolute())
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import pathlib
 import shutil
 import signal
 import sys
@@ -30,11 +29,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from signflax import data as data_lib
 from signflax import metric_writers
 from signflax import model as model_lib
 from signflax import parallel
+from signflax import storage
 from signflax.train import checkpoint as checkpoint_lib
 from signflax.train import metrics as metrics_lib
 from signflax.train import optimizer as optimizer_lib
@@ -203,6 +204,7 @@ def _train_loop(loop: _Loop, state, resumed: dict):
     if save:
       extra = _loop_extra(loop.train_iter, loss_sum, last_step, skipped)
       loop.ckpt.save(step, _checkpointed(state), extra)
+      loop.writer.flush()  # the logs up to a checkpoint reach the workdir with it
       last_saved = step
     if preempted:
       loop.writer.flush()
@@ -213,7 +215,7 @@ def _train_loop(loop: _Loop, state, resumed: dict):
   return state, out, preempted
 
 
-def _same_job(workdir: pathlib.Path, config) -> bool:
+def _same_job(workdir: epath.Path, config) -> bool:
   """Whether ``workdir/config.json`` is this config (the ``distributed`` group aside)."""
   try:
     old = json.loads((workdir / "config.json").read_text())
@@ -225,8 +227,10 @@ def _same_job(workdir: pathlib.Path, config) -> bool:
   return old == new
 
 
-def _unwritable(workdir: pathlib.Path) -> str | None:
+def _unwritable(workdir: epath.Path) -> str | None:
   """Why ``workdir`` cannot be created or written (None if it can); writes nothing lasting."""
+  if storage.is_remote(workdir):  # bucket, credentials and a probe object
+    return storage.access_error(workdir)
   if workdir.exists() and not workdir.is_dir():
     return f"--workdir: {workdir} exists and is not a directory"
   existing = workdir
@@ -242,7 +246,9 @@ def _unwritable(workdir: pathlib.Path) -> str | None:
   return None
 
 
-def _warn_if_disk_short(workdir: pathlib.Path, checkpoint_bytes: int) -> None:
+def _warn_if_disk_short(workdir: epath.Path, checkpoint_bytes: int) -> None:
+  if storage.is_remote(workdir):  # a bucket has no free-space figure
+    return
   existing = workdir
   while not existing.exists():
     existing = existing.parent
@@ -252,7 +258,7 @@ def _warn_if_disk_short(workdir: pathlib.Path, checkpoint_bytes: int) -> None:
          f"one checkpoint of this model (~{checkpoint_bytes / 2**20:.0f} MiB)")
 
 
-def _workdir_error(workdir: pathlib.Path, config) -> str | None:
+def _workdir_error(workdir: epath.Path, config) -> str | None:
   """Why ``workdir`` cannot hold this run (None if it can); checked before any device work.
 
   A workdir with logs but no checkpoint is accepted only for the same config (a
@@ -277,7 +283,7 @@ def _error(message: str) -> int:
   return 2
 
 
-def _checkpointer(config, workdir: pathlib.Path) -> checkpoint_lib.Checkpointer:
+def _checkpointer(config, workdir: epath.Path) -> checkpoint_lib.Checkpointer:
   c = config.checkpoint
   # Leftovers are cleaned: process 0 holds the workdir lock, or the workdir is new.
   return checkpoint_lib.Checkpointer(
@@ -375,7 +381,8 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> int:
   workdir is changed then. A fresh run that fails or is stopped before its
   first checkpoint leaves the workdir reusable (``recovery.StartGuard``).
   """
-  workdir = pathlib.Path(workdir)
+  storage.configure_clients()  # before the first gs:// access (an emulator, if set)
+  workdir = storage.path(workdir)
   error = _workdir_error(workdir, config)
   if error:
     return _error(error)
@@ -387,7 +394,7 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> int:
     parallel.maybe_initialize_distributed(config)
     stopper.install()  # jax.distributed may have put its own SIGTERM handler in place
     is_main = jax.process_index() == 0
-    if is_main and workdir.is_dir():
+    if is_main and workdir.is_dir() and not storage.is_remote(workdir):
       try:
         stack.callback(recovery.WorkdirLock.acquire(workdir).release)
       except recovery.WorkdirBusyError as e:
@@ -428,7 +435,8 @@ def _run(config, workdir, stopper, stack, allow_config_change) -> int:
   try:
     if is_main:
       workdir.mkdir(parents=True, exist_ok=True)
-      if guard is not None and not guard.existed:  # a new workdir: lock it now
+      if guard is not None and not guard.existed and not storage.is_remote(workdir):
+        # a new local workdir: lock it now
         stack.callback(recovery.WorkdirLock.acquire(workdir).release)
       _record_config(workdir, config, restored, changes)
     writer = metric_writers.MetricWriter(workdir, enabled=is_main)
