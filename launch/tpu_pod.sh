@@ -3,12 +3,15 @@
 # same `signflax train` command on every worker.
 #
 #   launch/tpu_pod.sh [--dry-run] [--relaunch] NAME ZONE ACCELERATOR [signflax train args...]
-#   launch/tpu_pod.sh my-pod us-central2-b v4-32 --config lm/llama_100m --workdir /mnt/gcs/runs/l100m
+#   launch/tpu_pod.sh my-pod us-central2-b v4-32 --config lm/llama_100m --workdir gs://my-bucket/runs/l100m
 #
+# --workdir gs://BUCKET/PATH: checkpoints, metrics and TensorBoard events go straight to Cloud
+# Storage (the workers use the VM's service account; no mount to set up). The bucket is
+# checked before anything compiles.
 # --relaunch: keep going after preemption: when the run ends without success, wait until
 # the slice is READY again (recreating a deleted/preempted one) and start the same command;
-# the trainer resumes from the latest checkpoint in --workdir (a path every worker shares and
-# that outlives the VMs, e.g. a gcsfuse mount of a bucket). A clean exit counts as finished
+# the trainer resumes from the latest checkpoint in --workdir (a gs:// workdir, or a path every
+# worker shares that outlives the VMs). A clean exit counts as finished
 # only if the slice is still READY 90 s later (a preempted worker checkpoints on SIGTERM and
 # exits 0 as well).
 # --dry-run prints every command instead of running it.
@@ -30,6 +33,21 @@ if [[ $# -lt 3 ]]; then
   exit 2
 fi
 NAME=$1; ZONE=$2; ACCEL=$3; shift 3
+workdir=""
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+  case "${args[i]}" in
+    --workdir) workdir="${args[i+1]:-}" ;;
+    --workdir=*) workdir="${args[i]#--workdir=}" ;;
+  esac
+done
+if [[ -z "$workdir" ]]; then
+  echo "$0: --workdir: required (e.g. gs://my-bucket/runs/NAME)" >&2; exit 2
+fi
+if [[ "$workdir" != gs://* ]]; then
+  echo "$0: warning: --workdir $workdir is not gs://: it must be shared by every worker and" \
+       "outlive the VMs (a preempted slice loses its local disks)" >&2
+fi
 RUNTIME_VERSION=${RUNTIME_VERSION:-tpu-ubuntu2204-base}
 MAX_RELAUNCHES=${MAX_RELAUNCHES:-100}
 project=()
@@ -61,7 +79,7 @@ deploy() {
   run git archive --format=tar.gz -o "$archive" HEAD
   run "${tpu[@]}" scp "$archive" "$NAME:~/signflax-src.tar.gz" --zone "$ZONE" "${project[@]}" --worker=all
   ssh_all "mkdir -p ~/signflax && tar xzf ~/signflax-src.tar.gz -C ~/signflax && cd ~/signflax && \
-python3 -m venv .venv && .venv/bin/pip install -q -e . 'jax[tpu]'"
+python3 -m venv .venv && .venv/bin/pip install -q -e '.[gcs]' 'jax[tpu]'"
 }
 
 train_cmd="cd ~/signflax && .venv/bin/signflax train $(printf '%q ' "$@")"

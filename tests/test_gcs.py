@@ -1,0 +1,201 @@
+"""``--workdir gs://bucket/run`` against a GCS emulator on 127.0.0.1 (``gcs_emulator``).
+
+Every layer writes to the emulator: config.json, metrics.jsonl and TensorBoard
+events through gcsfs, Orbax's checkpoints (arrays through tensorstore's GCS
+driver), the compilation cache. The runs are ``signflax train`` subprocesses on a
+~30k-parameter model; one local-disk run is the reference the bucket's must equal.
+"""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from gcs_emulator import GcsEmulator
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+BUCKET = "signflax-test"
+STEPS = 12
+ARGS = {
+    "model.num_layers": 1, "model.d_model": 32, "model.max_seq_len": 32,
+    "data.max_bytes": 200_000, "optimizer.warmup_steps": 2,
+    "train.steps": STEPS, "train.global_batch_size": 8, "train.seq_len": 32,
+    "train.log_every": 1, "train.eval_every": 0, "train.eval_batches": 1,
+    "checkpoint.every_steps": 4, "checkpoint.keep": 2,
+}
+COMPARED = ("step_loss", "train_loss", "grad_l2", "param_l2", "learning_rate")
+_CLIENT_VARS = ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL",
+                "GOOGLE_AUTH_TOKEN_FOR_TESTING", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT")
+
+
+@pytest.fixture(scope="module")
+def gcs():
+  with GcsEmulator() as emulator:
+    emulator.create_bucket(BUCKET)
+    yield emulator
+
+
+def _env(extra=None):
+  env = {k: v for k, v in os.environ.items() if k not in _CLIENT_VARS}
+  env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
+             **(extra or {}))
+  env.pop("JAX_COORDINATOR_ADDRESS", None)
+  return env
+
+
+def _command(workdir, **overrides):
+  args = {**ARGS, **overrides}
+  return ([sys.executable, "-m", "signflax.cli", "train", "--workdir", str(workdir)]
+          + [f"--config.{k}={v!r}" for k, v in args.items()])
+
+
+def _start(workdir, env, **overrides):
+  return subprocess.Popen(_command(workdir, **overrides), cwd=REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _train(workdir, env, **overrides):
+  proc = _start(workdir, env, **overrides)
+  _, err = proc.communicate(timeout=300)
+  return proc.returncode, err
+
+
+def _merged(text: str) -> dict[int, dict]:
+  """metrics.jsonl records merged per step (a resumed run's replace the killed run's)."""
+  merged = {}
+  for line in text.splitlines():
+    record = json.loads(line)
+    merged.setdefault(record["step"], {}).update(record)
+  return merged
+
+
+def _losses(records):
+  return {s: {k: records[s][k] for k in COMPARED} for s in range(1, STEPS + 1)}
+
+
+@pytest.fixture(scope="module")
+def local_reference(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("local")
+  code, err = _train(workdir, _env(), **{"train.compilation_cache_dir": ""})
+  assert code == 0, err
+  return _merged((workdir / "metrics.jsonl").read_text())
+
+
+def _committed(gcs, run, step) -> bool:
+  return f"{run}/checkpoints/{step}/commit_success.txt" in gcs.list(BUCKET, f"{run}/")
+
+
+def _saved_steps(gcs, run) -> list[int]:
+  """Committed steps: ``RUN/checkpoints/<step>/commit_success.txt`` (the items have their own)."""
+  return sorted(int(n.split("/")[2]) for n in gcs.list(BUCKET, f"{run}/checkpoints/")
+                if n.endswith("/commit_success.txt") and n.count("/") == 3)
+
+
+def _scalars(gcs, run, tag, tmp_path):
+  from tensorboard.backend.event_processing import event_accumulator  # noqa: PLC0415
+  local = tmp_path / "tb"
+  assert gcs.download(BUCKET, f"{run}/tb/", str(local))
+  acc = event_accumulator.EventAccumulator(str(local))
+  acc.Reload()
+  return {e.step: e.value for e in acc.Scalars(tag)}
+
+
+@pytest.mark.slow
+def test_gs_workdir_survives_kill_9_and_matches_local_disk(gcs, local_reference, tmp_path):
+  """kill -9 after the step-8 checkpoint, then the same command: it resumes from the
+  bucket and every logged step equals the local-disk run bit for bit."""
+  env, run = _env(gcs.env()), "kill9"
+  workdir = f"gs://{BUCKET}/{run}"
+  proc = _start(workdir, env)
+  deadline = time.monotonic() + 240
+  while proc.poll() is None and not _committed(gcs, run, 8) and time.monotonic() < deadline:
+    time.sleep(0.05)
+  proc.kill()
+  _, err = proc.communicate(timeout=60)
+  assert proc.returncode == -signal.SIGKILL, err[-3000:]
+
+  code, err = _train(workdir, env)
+  assert code == 0, err[-3000:]
+  assert f"resumed from the checkpoint at step 8 in {workdir}/checkpoints" in err, err[-3000:]
+  records = _merged(gcs.read(BUCKET, f"{run}/metrics.jsonl").decode())
+  assert _losses(records) == _losses(local_reference)
+  assert _saved_steps(gcs, run) == [8, 12]   # keep=2
+  json.loads(gcs.read(BUCKET, f"{run}/config.json"))
+  # TensorBoard: every step once (the resumed session's START purges the killed run's tail)
+  losses = _scalars(gcs, run, "train/train_loss", tmp_path)
+  assert sorted(losses) == list(range(1, STEPS + 1))
+  assert losses[STEPS] == pytest.approx(local_reference[STEPS]["train_loss"], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_gs_sigterm_saves_and_a_corrupt_latest_checkpoint_falls_back(gcs, local_reference):
+  """SIGTERM mid-run saves a checkpoint in the bucket; then the latest checkpoint loses an
+  array file: the next start moves it to corrupt_checkpoints/ and resumes from the one
+  before, still equal to the local run."""
+  env, run = _env(gcs.env()), "sigterm"
+  workdir = f"gs://{BUCKET}/{run}"
+  proc = _start(workdir, env, **{"checkpoint.every_steps": 3})
+  deadline = time.monotonic() + 240
+  while proc.poll() is None and not _committed(gcs, run, 6) and time.monotonic() < deadline:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 0 and "stopped: checkpoint saved at step" in err, err[-3000:]
+  saved = _saved_steps(gcs, run)
+  latest = saved[-1]
+  assert latest >= 6, saved
+
+  arrays = [n for n in gcs.list(BUCKET, f"{run}/checkpoints/{latest}/state/")
+            if "/d/" in n or n.endswith(".zarray") or "ocdbt" in n]
+  assert arrays, gcs.list(BUCKET, f"{run}/checkpoints/{latest}/")
+  for name in arrays:
+    gcs.delete(BUCKET, name)
+  code, err = _train(workdir, env, **{"checkpoint.every_steps": 3})
+  assert code == 0, err[-3000:]
+  assert f"checkpoint at step {latest} is corrupt" in err, err[-3000:]
+  assert any(n.startswith(f"{run}/corrupt_checkpoints/{latest}-")
+             for n in gcs.list(BUCKET, f"{run}/"))
+  records = _merged(gcs.read(BUCKET, f"{run}/metrics.jsonl").decode())
+  assert _losses(records) == _losses(local_reference)
+
+
+def test_missing_bucket_is_one_line_exit_2(gcs):
+  start = time.monotonic()
+  code, err = _train("gs://no-such-bucket/run", _env(gcs.env()))
+  lines = [l for l in err.splitlines() if l.strip()]
+  assert code == 2, err[-3000:]
+  assert len(lines) == 1 and "gs://no-such-bucket" in lines[0], err[-3000:]
+  assert "bucket does not exist" in lines[0]
+  assert "compile" not in err and time.monotonic() - start < 60
+
+
+def test_no_credentials_is_one_line_exit_2(tmp_path):
+  """No emulator, no credentials anywhere (no file, no gcloud config, no metadata server)."""
+  env = _env({"GOOGLE_APPLICATION_CREDENTIALS": str(tmp_path / "missing.json"),
+              "NO_GCE_CHECK": "true", "GCE_METADATA_HOST": "127.0.0.1:9",
+              "GCE_METADATA_IP": "127.0.0.1:9", "CLOUDSDK_CONFIG": str(tmp_path / "gcloud")})
+  start = time.monotonic()
+  code, err = _train(f"gs://{BUCKET}/run", env)
+  lines = [l for l in err.splitlines() if l.strip()]
+  assert code == 2, err[-3000:]
+  assert len(lines) == 1 and f"gs://{BUCKET}" in lines[0] and "credentials" in lines[0], err
+  assert time.monotonic() - start < 60
+
+
+def test_prepare_data_writes_shards_to_the_bucket(gcs):
+  """Prepared shards land in the bucket with a manifest naming each of them."""
+  env = _env(gcs.env())
+  out = subprocess.run([sys.executable, "-m", "signflax.cli", "prepare-data", "--input", "stdlib",
+                        "--output", f"gs://{BUCKET}/data", "--max-bytes", "50000"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  names = gcs.list(BUCKET, "data/")
+  assert "data/manifest.json" in names and any(n.endswith(".array_record") for n in names)
+  manifest = json.loads(gcs.read(BUCKET, "data/manifest.json"))
+  for info in manifest["splits"].values():
+    assert all(f"data/{f}" in names for f in info["files"])
