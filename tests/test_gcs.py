@@ -199,3 +199,30 @@ def test_prepare_data_writes_shards_to_the_bucket(gcs):
   manifest = json.loads(gcs.read(BUCKET, "data/manifest.json"))
   for info in manifest["splits"].values():
     assert all(f"data/{f}" in names for f in info["files"])
+
+
+_EVENTS_SCRIPT = """
+from signflax.metric_writers import EventWriter
+from tensorboard.backend.event_processing import event_accumulator
+writer = EventWriter("gs://{bucket}/events/tb", upload_secs=3600)
+for step in range(5):
+  writer.scalars(step, {{"train/loss": float(step)}})
+writer.flush()                      # the first upload
+for step in range(5, 8):
+  writer.scalars(step, {{"train/loss": float(step)}})
+writer.close()                      # the whole file again, replacing the first upload
+acc = event_accumulator.EventAccumulator("gs://{bucket}/events/tb")  # tensorboard's reader
+acc.Reload()
+print([e.step for e in acc.Scalars("train/loss")])
+"""
+
+
+def test_event_files_are_uploaded_whole_and_tensorboard_reads_gs(gcs):
+  """Object storage has no append: each flush uploads the session's whole event file, and
+  TensorBoard's own reader (fsspec, gcsfs) reads the gs:// logdir."""
+  out = subprocess.run([sys.executable, "-c", _EVENTS_SCRIPT.format(bucket=BUCKET)],
+                       cwd=REPO, env=_env(gcs.env()), capture_output=True, text=True,
+                       timeout=120)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stdout.strip().splitlines()[-1] == str(list(range(8)))
+  assert len(gcs.list(BUCKET, "events/tb/")) == 1
