@@ -226,3 +226,44 @@ def test_event_files_are_uploaded_whole_and_tensorboard_reads_gs(gcs):
   assert out.returncode == 0, out.stderr[-3000:]
   assert out.stdout.strip().splitlines()[-1] == str(list(range(8)))
   assert len(gcs.list(BUCKET, "events/tb/")) == 1
+
+
+_SWEEP = """
+import ml_collections
+from signflax.experiments.sweep import base_config
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.base = base = base_config("lm/tiny.py")
+  base.model.update(dict(num_layers=1, d_model=32, num_heads=2, max_seq_len=32))
+  base.optimizer.update(dict(name="sign_sgd", learning_rate=1e-3, schedule="constant",
+                             warmup_steps=0, weight_decay=0.0))
+  base.data.max_bytes = 200_000
+  base.train.update(dict(steps=4, global_batch_size=4, seq_len=32, log_every=2,
+                         eval_every=0, eval_batches=1, noise_stats=False))
+  base.checkpoint.update(dict(every_steps=4, keep=1, async_save=False))
+  config.product = [("optimizer.learning_rate", [1e-3, 2e-3])]
+  return config
+"""
+
+
+@pytest.mark.slow
+def test_sweep_records_and_export_on_gs(gcs, tmp_path):
+  """A 2-point sweep into the bucket records both points; export reads a point's params."""
+  config = tmp_path / "sweep_cfg.py"
+  config.write_text(_SWEEP)
+  env = _env(gcs.env())
+  out = subprocess.run([sys.executable, "-m", "signflax.cli", "sweep", "--config", str(config),
+                        "--workdir", f"gs://{BUCKET}/sweep"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  records = [json.loads(l) for l in gcs.read(BUCKET, "sweep/sweep.jsonl").decode().splitlines()]
+  assert [r["status"] for r in records] == ["done", "done"]
+  assert records[0]["final_train_loss"] != records[1]["final_train_loss"]
+  assert [r["train_step_compiles"] for r in records] == [1, 0]   # the rate is an input
+  export = subprocess.run([sys.executable, "-m", "signflax.cli", "export", "--workdir",
+                           f"gs://{BUCKET}/sweep/runs/{records[0]['id']}",
+                           "--output", str(tmp_path / "params.npz")], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+  assert export.returncode == 0, export.stderr[-3000:]
+  assert "from step 4" in export.stdout
