@@ -98,9 +98,7 @@ def access_error(workdir: PathLike) -> str | None:
     return f"--workdir: gs://{name}: gs:// workdirs need the gcs extra ({_EXTRA_HINT})"
   fs = gcsfs.GCSFileSystem(retries=1)
   probe = f"{url.split('://', 1)[1].rstrip('/')}/.signflax-write-probe-{os.getpid()}"
-  try:
-    if not fs.exists(name):
-      return f"--workdir: gs://{name}: the bucket does not exist (create it, or fix the name)"
+  try:  # a probe object, not a bucket lookup: object rights do not include storage.buckets.get
     fs.pipe(probe, b"")
     fs.rm(probe)
   except PermissionError as e:
