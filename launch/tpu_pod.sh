@@ -7,7 +7,8 @@
 #
 # --workdir gs://BUCKET/PATH: checkpoints, metrics and TensorBoard events go straight to Cloud
 # Storage (the workers use the VM's service account; no mount to set up). The bucket is
-# checked before anything compiles.
+# checked before anything compiles. Without --workdir, BUCKET=my-bucket gives
+# --workdir gs://my-bucket/runs/${RUN_NAME:-NAME}.
 # --relaunch: keep going after preemption: when the run ends without success, wait until
 # the slice is READY again (recreating a deleted/preempted one) and start the same command;
 # the trainer resumes from the latest checkpoint in --workdir (a gs:// workdir, or a path every
@@ -16,7 +17,8 @@
 # exits 0 as well).
 # --dry-run prints every command instead of running it.
 # Environment: RUNTIME_VERSION (default tpu-ubuntu2204-base), SPOT=1 for spot capacity,
-# PROJECT (default: gcloud's configured project), MAX_RELAUNCHES (default 100).
+# PROJECT (default: gcloud's configured project), MAX_RELAUNCHES (default 100),
+# BUCKET and RUN_NAME (default NAME) for the default workdir.
 set -euo pipefail
 
 DRY_RUN=0; RELAUNCH=0
@@ -41,8 +43,12 @@ for ((i = 0; i < ${#args[@]}; i++)); do
     --workdir=*) workdir="${args[i]#--workdir=}" ;;
   esac
 done
+if [[ -z "$workdir" && -n "${BUCKET:-}" ]]; then
+  workdir="gs://${BUCKET#gs://}/runs/${RUN_NAME:-$NAME}"
+  set -- "$@" --workdir "$workdir"
+fi
 if [[ -z "$workdir" ]]; then
-  echo "$0: --workdir: required (e.g. gs://my-bucket/runs/NAME)" >&2; exit 2
+  echo "$0: --workdir: required (e.g. gs://my-bucket/runs/$NAME, or set BUCKET)" >&2; exit 2
 fi
 if [[ "$workdir" != gs://* ]]; then
   echo "$0: warning: --workdir $workdir is not gs://: it must be shared by every worker and" \

@@ -488,7 +488,12 @@ def test_disk_full_is_one_line_and_a_rerun_resumes(reference, tmp_path):
   import resource  # noqa: PLC0415
   ref_dir, expected = reference
   _resumable(ref_dir, tmp_path, step=36)
-  limit = _data_files(tmp_path / "checkpoints" / "36")[-1].stat().st_size // 2
+  # Tensorstore splits a save into a timing-dependent number of data files (7 to 13 here), so
+  # the limit is a share of the total that any save's largest file exceeds, while the logs the
+  # run appends to (metrics.jsonl, TensorBoard events) stay below it.
+  saved = sum(f.stat().st_size for f in _data_files(tmp_path / "checkpoints" / "36"))
+  limit = saved // 24
+  assert (tmp_path / "metrics.jsonl").stat().st_size < limit // 2, limit
 
   def small_files():
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)         # writes then fail with EFBIG
