@@ -102,15 +102,15 @@ def access_error(workdir: PathLike) -> str | None:
     fs.pipe(probe, b"")
     fs.rm(probe)
   except PermissionError as e:
-    return f"--workdir: gs://{name}: permission denied ({_first_line(e)})"
+    return f"--workdir: gs://{name}: permission denied ({first_line(e)})"
   except FileNotFoundError:
     return f"--workdir: gs://{name}: the bucket does not exist (create it, or fix the name)"
   except Exception as e:  # noqa: BLE001 - any client error becomes the one line
-    return f"--workdir: gs://{name}: cannot write ({type(e).__name__}: {_first_line(e)})"
+    return f"--workdir: gs://{name}: cannot write ({type(e).__name__}: {first_line(e)})"
   return None
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
   return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
@@ -141,6 +141,15 @@ def upload_dir(local: str, dst: epath.Path) -> None:
   for name in sorted(os.listdir(local)):
     with open(os.path.join(local, name), "rb") as f:
       (dst / name).write_bytes(f.read())
+
+
+def download(src: epath.Path, dst: str) -> None:
+  """Copies file ``src`` (local or remote) to local path ``dst``, streamed in 16 MiB
+  pieces into a temporary file renamed into place: ``dst`` is whole or absent."""
+  tmp = f"{dst}.{os.getpid()}.tmp"  # concurrent downloaders on one host: one each
+  with src.open("rb") as reader, open(tmp, "wb") as writer:
+    shutil.copyfileobj(reader, writer, 16 << 20)
+  os.replace(tmp, dst)
 
 
 def size(p: epath.Path) -> int:

@@ -187,9 +187,12 @@ def test_no_credentials_is_one_line_exit_2(tmp_path):
   assert time.monotonic() - start < 60
 
 
-def test_prepare_data_writes_shards_to_the_bucket(gcs):
-  """Prepared shards land in the bucket with a manifest naming each of them."""
+def test_prepare_data_to_the_bucket_and_train_from_it(gcs, tmp_path):
+  """Prepared shards land in the bucket with a manifest naming each of them; training with
+  ``data.paths=gs://...`` copies them once to the host's cache, byte for byte, and reads
+  them there (a second start reuses the copy)."""
   env = _env(gcs.env())
+  env["SIGNFLAX_DATA_CACHE"] = str(tmp_path / "cache")
   out = subprocess.run([sys.executable, "-m", "signflax.cli", "prepare-data", "--input", "stdlib",
                         "--output", f"gs://{BUCKET}/data", "--max-bytes", "50000"],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -199,6 +202,29 @@ def test_prepare_data_writes_shards_to_the_bucket(gcs):
   manifest = json.loads(gcs.read(BUCKET, "data/manifest.json"))
   for info in manifest["splits"].values():
     assert all(f"data/{f}" in names for f in info["files"])
+
+  data = {"data.source": "arrayrecord", "data.paths": f"gs://{BUCKET}/data", "train.steps": 3,
+          "train.compilation_cache_dir": "", "checkpoint.every_steps": 0}
+  code, err = _train(tmp_path / "run", env, **data)
+  assert code == 0, err[-3000:]
+  [copy] = list((tmp_path / "cache").iterdir())
+  files = sorted(f for info in manifest["splits"].values() for f in info["files"])
+  for name in files + ["manifest.json"]:
+    assert (copy / name).read_bytes() == gcs.read(BUCKET, f"data/{name}"), name
+  mtimes = {f: f.stat().st_mtime_ns for f in copy.iterdir()}
+  code, err = _train(tmp_path / "run2", env, **data)
+  assert code == 0, err[-3000:]
+  assert {f: f.stat().st_mtime_ns for f in copy.iterdir()} == mtimes   # no second download
+  first, second = (_merged((tmp_path / r / "metrics.jsonl").read_text()) for r in ("run", "run2"))
+  assert [second[s]["step_loss"] for s in (1, 2, 3)] == [first[s]["step_loss"] for s in (1, 2, 3)]
+
+
+def test_missing_prepared_data_in_the_bucket_is_one_line_exit_2(gcs, tmp_path):
+  code, err = _train(tmp_path / "run", _env(gcs.env()), **{
+      "data.source": "arrayrecord", "data.paths": f"gs://{BUCKET}/no-data"})
+  lines = [l for l in err.splitlines() if l.strip()]
+  assert code == 2 and len(lines) == 1, err[-3000:]
+  assert "config.data.paths" in lines[0] and f"gs://{BUCKET}/no-data" in lines[0], lines
 
 
 _EVENTS_SCRIPT = """

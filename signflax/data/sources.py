@@ -37,6 +37,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from signflax import storage
 from signflax.data import tokenizer as tokenizer_lib
 
 SPLITS = ("train", "eval")
@@ -327,12 +328,70 @@ class ArrayRecordWindows(_Windows):
 # Prepared shards.
 
 
+def data_cache_root() -> str:
+  """Where prepared shards from object storage are copied: ``$SIGNFLAX_DATA_CACHE``, else
+  ``$XDG_CACHE_HOME/signflax/prepared`` (``~/.cache/signflax/prepared``)."""
+  if os.environ.get("SIGNFLAX_DATA_CACHE"):
+    return os.path.expanduser(os.environ["SIGNFLAX_DATA_CACHE"])
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "signflax", "prepared")
+
+
+def fetch_prepared(url: str, field: str = "config.data.paths") -> str:
+  """A local copy of the ``prepare-data`` output at ``url`` (``gs://...``); its directory.
+
+  ArrayRecord's reader reads local files only, so each host copies the shards once into
+  :func:`data_cache_root`, keyed by the URL and the manifest's bytes (a re-prepared output
+  gets a new copy). Every file of the output directory is copied, each renamed into place
+  whole, the manifest last: a copy with a manifest is complete, and a killed copy resumes
+  with the files it has.
+  """
+  storage.configure_clients()
+  remote = storage.path(url)
+  manifest_file = remote if url.endswith(".json") else remote / MANIFEST
+  try:
+    text = manifest_file.read_text()
+  except FileNotFoundError:
+    raise ValueError(f"{field}: no {MANIFEST} in {url!r}; give the output directory of "
+                     "`signflax prepare-data`") from None
+  except Exception as e:  # noqa: BLE001 - credentials, bucket, network: one line
+    raise ValueError(f"{field}: cannot read {os.fspath(manifest_file)} "
+                     f"({type(e).__name__}: {storage.first_line(e)})") from None
+  try:
+    splits = json.loads(text)["splits"]
+    listed = {f for info in splits.values() for f in info["files"]}
+  except (ValueError, KeyError, TypeError, AttributeError) as e:
+    raise ValueError(f"{field}: {os.fspath(manifest_file)} is not a signflax prepare-data "
+                     f"manifest ({type(e).__name__}: {e})") from None
+  present = {p.name for p in manifest_file.parent.iterdir() if not p.is_dir()}
+  if listed - present:
+    raise ValueError(f"{field}: shard {min(listed - present)!r} listed in "
+                     f"{os.fspath(manifest_file)} is missing")
+  files = sorted(present - {MANIFEST})   # shards and their side files (unigram counts)
+  key = hashlib.sha256(f"{url}\n{text}".encode()).hexdigest()[:16]
+  local = os.path.join(data_cache_root(), f"{storage.bucket(url)}-{key}")
+  if os.path.isfile(os.path.join(local, MANIFEST)):
+    return local
+  os.makedirs(local, exist_ok=True)
+  for name in files:
+    if not os.path.isfile(os.path.join(local, name)):
+      storage.download(manifest_file.parent / name, os.path.join(local, name))
+  tmp = os.path.join(local, f".{MANIFEST}.{os.getpid()}.tmp")
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, os.path.join(local, MANIFEST))
+  return local
+
+
 def manifest_path(paths: str, field: str = "config.data.paths") -> str:
-  """The ``manifest.json`` of a ``prepare-data`` output directory (or the file itself)."""
+  """The ``manifest.json`` of a ``prepare-data`` output directory (or the file itself); a
+  ``gs://`` output is first copied to this host (:func:`fetch_prepared`)."""
   spec = os.path.expanduser(str(paths or "").strip())
   if not spec:
     raise ValueError(f"{field}: required for source='arrayrecord'; give the output directory "
                      "of `signflax prepare-data`")
+  if "://" in spec:
+    spec = fetch_prepared(spec, field)
   path = spec if spec.endswith(".json") else os.path.join(spec, MANIFEST)
   if not os.path.isfile(path):
     raise ValueError(f"{field}: no {MANIFEST} in {spec!r}; give the output directory of "
