@@ -164,6 +164,49 @@ def test_gs_sigterm_saves_and_a_corrupt_latest_checkpoint_falls_back(gcs, local_
   assert _losses(records) == _losses(local_reference)
 
 
+def _launch_two(workdir, env, **overrides):
+  """Two ``signflax train`` processes x 1 CPU device, joined over 127.0.0.1 (gloo)."""
+  env = dict(env, DEVICES_PER_PROCESS="1", SIGNFLAX=f"{sys.executable} -m signflax.cli")
+  return subprocess.Popen(["bash", str(REPO / "launch" / "local_multiprocess.sh"), "2"]
+                          + _command(workdir, **overrides)[4:], cwd=REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_two_processes_share_a_gs_workdir_across_sigterm(gcs, tmp_path):
+  """The pod case: two processes write one checkpoint into the bucket (each its shards),
+  stop together on SIGTERM and resume; process 0 alone writes metrics and events; the
+  losses equal one process with two devices on a local disk."""
+  overrides = {"mesh.data": 1, "mesh.fsdp": -1, "checkpoint.preemption_check_every": 2,
+               "train.compilation_cache_dir": ""}
+  local = tmp_path / "local"
+  env = _env()
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+  code, err = _train(local, env, **overrides)
+  assert code == 0, err[-3000:]
+  reference = _merged((local / "metrics.jsonl").read_text())
+
+  env, run = _env(gcs.env()), "two"
+  workdir = f"gs://{BUCKET}/{run}"
+  proc = _launch_two(workdir, env, **overrides)
+  deadline = time.monotonic() + 240
+  while proc.poll() is None and not _committed(gcs, run, 4) and time.monotonic() < deadline:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)   # the launcher forwards it to both processes
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0 and out.count("SIGTERM received") == 2, out[-3000:]
+  stopped = _saved_steps(gcs, run)[-1]
+  assert 4 <= stopped < STEPS and f"checkpoint saved at step {stopped}" in out, out[-3000:]
+
+  proc = _launch_two(workdir, env, **overrides)
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 0, out[-3000:]
+  assert f"[p0] resumed from the checkpoint at step {stopped}" in out, out[-3000:]
+  records = _merged(gcs.read(BUCKET, f"{run}/metrics.jsonl").decode())
+  assert _losses(records) == _losses(reference)
+  assert len(gcs.list(BUCKET, f"{run}/tb/")) == 2   # one event file per start, process 0's
+
+
 def test_missing_bucket_is_one_line_exit_2(gcs):
   start = time.monotonic()
   code, err = _train("gs://no-such-bucket/run", _env(gcs.env()))
