@@ -2,10 +2,13 @@
 
     python benchmarks/checkpoint_bench.py                         # tiny and llama_100m states
     python benchmarks/checkpoint_bench.py --configs tiny --compile tiny,gpt2_124m
+    python benchmarks/checkpoint_bench.py --configs tiny --root gs://bucket/bench   # on GCS
 
 Checksums: builds the train state of each config (AdamW, one CPU device), then times a
 save (``Checkpointer.save`` + ``close``: the whole write) and a restore (read + verify)
-with and without per-array checksums; median of ``--repeats``. Compile: compiles the
+with and without per-array checksums; median of ``--repeats``. ``--root`` puts the
+checkpoints there instead of a local temporary directory (``gs://...``: Cloud Storage,
+or an emulator named by ``STORAGE_EMULATOR_HOST``). Compile: compiles the
 train step of each ``--compile`` config in fresh processes, without the cache, with an
 empty cache (a first run) and with a warm one (every restart after it). Prints tables
 and writes JSON (``--json``); nothing is asserted.
@@ -38,8 +41,17 @@ def _run(name: str):
   return setup_lib.setup(config, vocab_size=config.model.vocab_size or 258)
 
 
-def checksum_rows(names, repeats: int) -> list[dict]:
+def _bench_dir(root: str, i: int):
+  """A fresh checkpoint root: a local temporary directory, or ``root/run-<pid>-<i>``."""
+  from signflax import storage  # noqa: PLC0415
+  if not root:
+    return storage.path(tempfile.mkdtemp(prefix="ckpt_bench_"))
+  return storage.path(root) / f"run-{os.getpid()}-{i}"
+
+
+def checksum_rows(names, repeats: int, root: str = "") -> list[dict]:
   import jax  # noqa: PLC0415
+  from signflax import storage  # noqa: PLC0415
   from signflax.train import checkpoint as checkpoint_lib  # noqa: PLC0415
   rows = []
   for name in names:
@@ -53,8 +65,8 @@ def checksum_rows(names, repeats: int) -> list[dict]:
     checksum_s = (time.perf_counter() - t0) / repeats
     for checksum in (False, True):
       save, restore = [], []
-      for _ in range(repeats):
-        directory = pathlib.Path(tempfile.mkdtemp(prefix="ckpt_bench_"))
+      for i in range(repeats):
+        directory = _bench_dir(root, 2 * i + checksum)
         try:
           ckpt = checkpoint_lib.Checkpointer(directory / "c", checksum=checksum)
           t0 = time.perf_counter()
@@ -68,8 +80,10 @@ def checksum_rows(names, repeats: int) -> list[dict]:
           restore.append(time.perf_counter() - t0)
           ckpt.close()
         finally:
-          shutil.rmtree(directory, ignore_errors=True)
-      rows.append({"config": name, "state_gb": nbytes / 1e9, "checksum": checksum,
+          if directory.exists():
+            storage.remove(directory)
+      rows.append({"config": name, "root": root or "local", "state_gb": nbytes / 1e9,
+                   "checksum": checksum,
                    "save_s": statistics.median(save), "restore_s": statistics.median(restore),
                    "checksum_pass_s": checksum_s})
     del state
@@ -110,6 +124,8 @@ def main(argv=None) -> int:
                       help="packaged lm/<name> configs whose states to checksum ('' = none)")
   parser.add_argument("--compile", default="", help="configs to time compiling, e.g. tiny,gpt2_124m")
   parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--root", default="", help="where checkpoints go (default: a local "
+                      "temporary directory; gs://bucket/prefix for Cloud Storage)")
   parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" /
                                             "checkpoint_bench_cpu.json"))
   parser.add_argument("--compile-child", nargs=2, metavar=("CONFIG", "CACHE"),
@@ -125,7 +141,14 @@ def main(argv=None) -> int:
             "checksum_rows": [], "compile_rows": []}
   names = [n for n in args.configs.split(",") if n]
   if names:
-    result["checksum_rows"] = checksum_rows(names, args.repeats)
+    if args.root:
+      from signflax import storage  # noqa: PLC0415
+      storage.configure_clients()
+      error = storage.access_error(args.root) if storage.is_remote(args.root) else None
+      if error:
+        parser.exit(2, f"checkpoint_bench: {error.replace('--workdir', '--root', 1)}\n")
+    result["checksum_rows"] = checksum_rows(names, args.repeats, args.root)
+    print(f"checkpoints in {args.root or 'a local temporary directory'}")
     print(f"{'config':<12} {'state':>8} {'checksums':>9} {'save s':>8} {'restore s':>9} "
           f"{'checksum pass s':>15}")
     for r in result["checksum_rows"]:
