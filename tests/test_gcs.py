@@ -336,3 +336,32 @@ def test_sweep_records_and_export_on_gs(gcs, tmp_path):
                           capture_output=True, text=True, timeout=300)
   assert export.returncode == 0, export.stderr[-3000:]
   assert "from step 4" in export.stdout
+
+
+def _tpu_pod(*args, **env):
+  return subprocess.run(["bash", str(REPO / "launch" / "tpu_pod.sh"), "--dry-run", *args],
+                        cwd=REPO, env=dict(os.environ, **env), capture_output=True, text=True,
+                        timeout=60)
+
+
+def test_tpu_pod_launch_takes_a_gs_workdir():
+  """Dry runs (no gcloud needed): the gs:// workdir reaches every worker's train command,
+  which installs the gcs extra; BUCKET gives a default; no workdir at all is exit 2."""
+  out = _tpu_pod("pod", "us-east5-a", "v5p-16", "--workdir", "gs://b/runs/x",
+                 "--config.train.steps=3")
+  assert out.returncode == 0, out.stderr
+  train = [l for l in out.stdout.splitlines() if "signflax\\ train" in l]
+  assert len(train) == 1 and "--workdir\\ gs://b/runs/x" in train[0], out.stdout
+  assert "install -q -e '.[gcs]'" in out.stdout.replace("\\", "") and "warning" not in out.stderr
+
+  out = _tpu_pod("pod", "us-east5-a", "v5p-16", BUCKET="gs://b", RUN_NAME="r1")
+  assert out.returncode == 0 and "--workdir\\ gs://b/runs/r1" in out.stdout, out.stderr
+
+  env = {k: v for k, v in os.environ.items() if k not in ("BUCKET", "RUN_NAME")}
+  out = subprocess.run(["bash", str(REPO / "launch" / "tpu_pod.sh"), "--dry-run", "pod", "z",
+                        "v5p-16"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+  assert out.returncode == 2 and out.stdout == "", out
+  assert len(out.stderr.strip().splitlines()) == 1 and "--workdir: required" in out.stderr
+
+  out = _tpu_pod("pod", "z", "v5p-16", "--workdir", "/mnt/runs/x")
+  assert out.returncode == 0 and "not gs://" in out.stderr   # allowed, with a warning
