@@ -74,8 +74,8 @@ def _merged(text: str) -> dict[int, dict]:
   return merged
 
 
-def _losses(records):
-  return {s: {k: records[s][k] for k in COMPARED} for s in range(1, STEPS + 1)}
+def _losses(records, steps=STEPS):
+  return {s: {k: records[s][k] for k in COMPARED} for s in range(1, steps + 1)}
 
 
 @pytest.fixture(scope="module")
@@ -107,21 +107,25 @@ def _scalars(gcs, run, tag, tmp_path):
 
 @pytest.mark.slow
 def test_gs_workdir_survives_kill_9_and_matches_local_disk(gcs, local_reference, tmp_path):
-  """kill -9 after the step-8 checkpoint, then the same command: it resumes from the
-  bucket and every logged step equals the local-disk run bit for bit."""
+  """kill -9 after the step-4 checkpoint (maybe during the step-8 save), then the same
+  command: it resumes from the latest committed step in the bucket and every logged step
+  equals the local-disk run bit for bit."""
   env, run = _env(gcs.env()), "kill9"
   workdir = f"gs://{BUCKET}/{run}"
   proc = _start(workdir, env)
   deadline = time.monotonic() + 240
-  while proc.poll() is None and not _committed(gcs, run, 8) and time.monotonic() < deadline:
+  while proc.poll() is None and not _committed(gcs, run, 4) and time.monotonic() < deadline:
     time.sleep(0.05)
   proc.kill()
   _, err = proc.communicate(timeout=60)
   assert proc.returncode == -signal.SIGKILL, err[-3000:]
+  committed = _saved_steps(gcs, run)
+  assert committed and committed[-1] < STEPS, committed
 
   code, err = _train(workdir, env)
   assert code == 0, err[-3000:]
-  assert f"resumed from the checkpoint at step 8 in {workdir}/checkpoints" in err, err[-3000:]
+  assert (f"resumed from the checkpoint at step {committed[-1]} in {workdir}/checkpoints"
+          in err), err[-3000:]
   records = _merged(gcs.read(BUCKET, f"{run}/metrics.jsonl").decode())
   assert _losses(records) == _losses(local_reference)
   assert _saved_steps(gcs, run) == [8, 12]   # keep=2
@@ -139,23 +143,25 @@ def test_gs_sigterm_saves_and_a_corrupt_latest_checkpoint_falls_back(gcs, local_
   before, still equal to the local run."""
   env, run = _env(gcs.env()), "sigterm"
   workdir = f"gs://{BUCKET}/{run}"
-  proc = _start(workdir, env, **{"checkpoint.every_steps": 3})
+  # the signal is acted on at the next step (checked every step), well before step 12
+  ckpt = {"checkpoint.every_steps": 3, "checkpoint.preemption_check_every": 1}
+  proc = _start(workdir, env, **ckpt)
   deadline = time.monotonic() + 240
-  while proc.poll() is None and not _committed(gcs, run, 6) and time.monotonic() < deadline:
+  while proc.poll() is None and not _committed(gcs, run, 3) and time.monotonic() < deadline:
     time.sleep(0.05)
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 0 and "stopped: checkpoint saved at step" in err, err[-3000:]
   saved = _saved_steps(gcs, run)
   latest = saved[-1]
-  assert latest >= 6, saved
+  assert len(saved) >= 2 and 3 < latest < STEPS, saved
 
   arrays = [n for n in gcs.list(BUCKET, f"{run}/checkpoints/{latest}/state/")
             if "/d/" in n or n.endswith(".zarray") or "ocdbt" in n]
   assert arrays, gcs.list(BUCKET, f"{run}/checkpoints/{latest}/")
   for name in arrays:
     gcs.delete(BUCKET, name)
-  code, err = _train(workdir, env, **{"checkpoint.every_steps": 3})
+  code, err = _train(workdir, env, **ckpt)
   assert code == 0, err[-3000:]
   assert f"checkpoint at step {latest} is corrupt" in err, err[-3000:]
   assert any(n.startswith(f"{run}/corrupt_checkpoints/{latest}-")
@@ -177,8 +183,9 @@ def test_two_processes_share_a_gs_workdir_across_sigterm(gcs, tmp_path):
   """The pod case: two processes write one checkpoint into the bucket (each its shards),
   stop together on SIGTERM and resume; process 0 alone writes metrics and events; the
   losses equal one process with two devices on a local disk."""
-  overrides = {"mesh.data": 1, "mesh.fsdp": -1, "checkpoint.preemption_check_every": 2,
-               "train.compilation_cache_dir": ""}
+  steps = 40   # room between the step-4 commit and the end for the signal to land
+  overrides = {"mesh.data": 1, "mesh.fsdp": -1, "checkpoint.preemption_check_every": 1,
+               "train.steps": steps, "train.compilation_cache_dir": ""}
   local = tmp_path / "local"
   env = _env()
   env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
@@ -196,14 +203,14 @@ def test_two_processes_share_a_gs_workdir_across_sigterm(gcs, tmp_path):
   out, _ = proc.communicate(timeout=120)
   assert proc.returncode == 0 and out.count("SIGTERM received") == 2, out[-3000:]
   stopped = _saved_steps(gcs, run)[-1]
-  assert 4 <= stopped < STEPS and f"checkpoint saved at step {stopped}" in out, out[-3000:]
+  assert 4 <= stopped < steps and f"checkpoint saved at step {stopped}" in out, out[-3000:]
 
   proc = _launch_two(workdir, env, **overrides)
   out, _ = proc.communicate(timeout=300)
   assert proc.returncode == 0, out[-3000:]
   assert f"[p0] resumed from the checkpoint at step {stopped}" in out, out[-3000:]
   records = _merged(gcs.read(BUCKET, f"{run}/metrics.jsonl").decode())
-  assert _losses(records) == _losses(reference)
+  assert _losses(records, steps) == _losses(reference, steps)
   assert len(gcs.list(BUCKET, f"{run}/tb/")) == 2   # one event file per start, process 0's
 
 
