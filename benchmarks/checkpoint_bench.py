@@ -141,12 +141,10 @@ def main(argv=None) -> int:
             "checksum_rows": [], "compile_rows": []}
   names = [n for n in args.configs.split(",") if n]
   if names:
-    if args.root:
-      from signflax import storage  # noqa: PLC0415
-      storage.configure_clients()
-      error = storage.access_error(args.root) if storage.is_remote(args.root) else None
-      if error:
-        parser.exit(2, f"checkpoint_bench: {error.replace('--workdir', '--root', 1)}\n")
+    from signflax import storage  # noqa: PLC0415
+    error = storage.access_error(args.root) if storage.is_remote(args.root) else None
+    if error:   # access_error also points tensorstore at an emulator, if one is set
+      parser.exit(2, f"checkpoint_bench: {error.replace('--workdir', '--root', 1)}\n")
     result["checksum_rows"] = checksum_rows(names, args.repeats, args.root)
     print(f"checkpoints in {args.root or 'a local temporary directory'}")
     print(f"{'config':<12} {'state':>8} {'checksums':>9} {'save s':>8} {'restore s':>9} "

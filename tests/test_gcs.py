@@ -346,8 +346,10 @@ def test_sweep_records_and_export_on_gs(gcs, tmp_path):
 
 
 def _tpu_pod(*args, **env):
+  """A dry run of tpu_pod.sh; BUCKET and RUN_NAME only as given."""
+  base = {k: v for k, v in os.environ.items() if k not in ("BUCKET", "RUN_NAME")}
   return subprocess.run(["bash", str(REPO / "launch" / "tpu_pod.sh"), "--dry-run", *args],
-                        cwd=REPO, env=dict(os.environ, **env), capture_output=True, text=True,
+                        cwd=REPO, env={**base, **env}, capture_output=True, text=True,
                         timeout=60)
 
 
@@ -364,9 +366,7 @@ def test_tpu_pod_launch_takes_a_gs_workdir():
   out = _tpu_pod("pod", "us-east5-a", "v5p-16", BUCKET="gs://b", RUN_NAME="r1")
   assert out.returncode == 0 and "--workdir\\ gs://b/runs/r1" in out.stdout, out.stderr
 
-  env = {k: v for k, v in os.environ.items() if k not in ("BUCKET", "RUN_NAME")}
-  out = subprocess.run(["bash", str(REPO / "launch" / "tpu_pod.sh"), "--dry-run", "pod", "z",
-                        "v5p-16"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+  out = _tpu_pod("pod", "z", "v5p-16")
   assert out.returncode == 2 and out.stdout == "", out
   assert len(out.stderr.strip().splitlines()) == 1 and "--workdir: required" in out.stderr
 

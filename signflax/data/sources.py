@@ -337,6 +337,7 @@ def data_cache_root() -> str:
   return os.path.join(base, "signflax", "prepared")
 
 
+@functools.lru_cache(maxsize=8)
 def fetch_prepared(url: str, field: str = "config.data.paths") -> str:
   """A local copy of the ``prepare-data`` output at ``url`` (``gs://...``); its directory.
 
@@ -344,7 +345,7 @@ def fetch_prepared(url: str, field: str = "config.data.paths") -> str:
   :func:`data_cache_root`, keyed by the URL and the manifest's bytes (a re-prepared output
   gets a new copy). Every file of the output directory is copied, each renamed into place
   whole, the manifest last: a copy with a manifest is complete, and a killed copy resumes
-  with the files it has.
+  with the files it has. Memoized: a process reads the remote manifest once.
   """
   storage.configure_clients()
   remote = storage.path(url)
@@ -363,24 +364,20 @@ def fetch_prepared(url: str, field: str = "config.data.paths") -> str:
   except (ValueError, KeyError, TypeError, AttributeError) as e:
     raise ValueError(f"{field}: {os.fspath(manifest_file)} is not a signflax prepare-data "
                      f"manifest ({type(e).__name__}: {e})") from None
+  key = hashlib.sha256(f"{url}\n{text}".encode()).hexdigest()[:16]
+  local = storage.path(data_cache_root()) / f"{storage.bucket(url)}-{key}"
+  if (local / MANIFEST).is_file():
+    return os.fspath(local)
   present = {p.name for p in manifest_file.parent.iterdir() if not p.is_dir()}
   if listed - present:
     raise ValueError(f"{field}: shard {min(listed - present)!r} listed in "
                      f"{os.fspath(manifest_file)} is missing")
-  files = sorted(present - {MANIFEST})   # shards and their side files (unigram counts)
-  key = hashlib.sha256(f"{url}\n{text}".encode()).hexdigest()[:16]
-  local = os.path.join(data_cache_root(), f"{storage.bucket(url)}-{key}")
-  if os.path.isfile(os.path.join(local, MANIFEST)):
-    return local
-  os.makedirs(local, exist_ok=True)
-  for name in files:
-    if not os.path.isfile(os.path.join(local, name)):
-      storage.download(manifest_file.parent / name, os.path.join(local, name))
-  tmp = os.path.join(local, f".{MANIFEST}.{os.getpid()}.tmp")
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, os.path.join(local, MANIFEST))
-  return local
+  local.mkdir(parents=True, exist_ok=True)
+  for name in sorted(present - {MANIFEST}):   # shards and their side files (unigram counts)
+    if not (local / name).is_file():
+      storage.download(manifest_file.parent / name, os.fspath(local / name))
+  storage.write_text(local / MANIFEST, text)
+  return os.fspath(local)
 
 
 def manifest_path(paths: str, field: str = "config.data.paths") -> str:
