@@ -33,7 +33,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 def _run(name: str):
   """``setup`` of configs/lm/<name> on one device (the benchmark's own process)."""
-  from signflax.cli import load_config_file  # noqa: PLC0415
+  from signflax.config_io import load_config_file  # noqa: PLC0415
   from signflax.train import setup as setup_lib  # noqa: PLC0415
   config = load_config_file(f"lm/{name}")
   with config.unlocked():

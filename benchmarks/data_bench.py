@@ -21,7 +21,7 @@ import sys
 import time
 
 from signflax import data as data_lib
-from signflax.cli import apply_override, split_overrides
+from signflax.config_io import apply_override, split_overrides
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 GOAL_TOKENS_PER_S = 600e3

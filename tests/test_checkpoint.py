@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from signflax import cli
+from signflax import cli, config_io
 from signflax import data as data_lib
 from signflax.train import checkpoint as checkpoint_lib
 from signflax.train import preemption
@@ -259,7 +259,7 @@ def test_bad_workdir_exit_2(reference, tmp_path, capsys):
   stopped_early.mkdir()
   for name in ("config.json", "metrics.jsonl"):
     shutil.copy(ref_dir / name, stopped_early / name)
-  config, _ = cli.parse_config_args(_argv(stopped_early)[3:], REPO / "signflax/configs/lm/tiny.py")
+  config, _ = config_io.parse_config_args(_argv(stopped_early)[3:], REPO / "signflax/configs/lm/tiny.py")
   assert trainer._workdir_error(stopped_early, config) is None
   assert cli.main(_argv(stopped_early, **{"train.steps": 60})) == 2
   assert "another config and no checkpoint" in capsys.readouterr().err

@@ -298,7 +298,7 @@ def test_bad_inputs_get_one_line_errors(call, message):
 
 
 def _config(name="data_scaling", **overrides):
-  config = cli.load_config_file(REPO / "signflax" / "configs" / "linreg" / f"{name}.py")
+  config = config_io.load_config_file(REPO / "signflax" / "configs" / "linreg" / f"{name}.py")
   for key, value in overrides.items():
     config[key] = value
   return config

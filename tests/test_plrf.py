@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from signflax import cli
+from signflax import cli, config_io
 from signflax.experiments import compute_optimal, linreg as lab
 from signflax.linreg import plrf, theory
 
@@ -110,8 +110,8 @@ def test_cli_rejects_bad_configs_in_one_line(override, needle, tmp_path, capsys)
 
 @pytest.mark.slow
 def test_default_config_is_valid_and_tiny_run_writes_results(tmp_path, capsys):
-  lab.validate(cli.load_config_file(CONFIG))
-  lab.validate(cli.load_config_file(CONFIG.with_name("compute_optimal_gpu.py")))
+  lab.validate(config_io.load_config_file(CONFIG))
+  lab.validate(config_io.load_config_file(CONFIG.with_name("compute_optimal_gpu.py")))
   workdir = tmp_path / "run"
   code = cli.main(["linreg", "--config", str(CONFIG), "--workdir", str(workdir),
                    "--config.dims=(4, 8)", "--config.num_features=16", "--config.num_seeds=2",

@@ -200,8 +200,8 @@ def test_config_accepts_sign_vote_only_for_sign_sgd_and_signum(exchange, optimiz
 
 
 def trainer_config():
-  from signflax import cli  # noqa: PLC0415
-  config = cli.load_config_file(REPO / "signflax" / "configs" / "lm" / "tiny.py")
+  from signflax import config_io  # noqa: PLC0415
+  config = config_io.load_config_file(REPO / "signflax" / "configs" / "lm" / "tiny.py")
   with config.unlocked():
     config.data.max_bytes = 200_000
   return config

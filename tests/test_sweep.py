@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from signflax import cli
+from signflax import cli, config_io
 from signflax.experiments import sweep
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -56,7 +56,7 @@ def _sweep_cmd(config, workdir, *extra):
 
 
 def test_expand_product_zip_gamma_and_tokens(tmp_path):
-  config = cli.load_config_file(_write_config(tmp_path, """
+  config = config_io.load_config_file(_write_config(tmp_path, """
       config.product = [("optimizer.name", ["sign_sgd", "sgd"]), ("train.global_batch_size", [4, 16])]
       config.zip = [("gamma", [1e-3, 2e-3]), ("train.seed", [0, 1])]
       config.gamma_rules = {"sign_sgd": "sqrt", "sgd": ("linear", 10.0)}

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from signflax import cli
+from signflax import cli, config_io
 from signflax import model as model_lib
 from signflax import optim
 from signflax.train import optimizer as optimizer_lib
@@ -24,7 +24,7 @@ TINY_CONFIG = (pathlib.Path(__file__).resolve().parent.parent / "signflax" / "co
 
 def small_config(**overrides):
   """configs/lm/tiny.py shrunk to a few seconds of training."""
-  config = cli.load_config_file(TINY_CONFIG)
+  config = config_io.load_config_file(TINY_CONFIG)
   settings = {
       "model.num_layers": 2, "model.d_model": 64, "model.max_seq_len": 32,
       "optimizer.warmup_steps": 5, "optimizer.learning_rate": 1e-2,
@@ -34,13 +34,13 @@ def small_config(**overrides):
       "train.eval_batches": 2,
       **overrides}
   for dotted, value in settings.items():
-    cli.apply_override(config, dotted, repr(value))
+    config_io.apply_override(config, dotted, repr(value))
   return config
 
 
 @pytest.mark.parametrize("name", ["tiny", "llama_100m", "gpt2_124m"])
 def test_lm_configs_validate(name):
-  config = cli.load_config_file(TINY_CONFIG.parent / f"{name}.py")
+  config = config_io.load_config_file(TINY_CONFIG.parent / f"{name}.py")
   trainer.validate(config)
   if name == "gpt2_124m":  # GPT-2 small's shape and size
     _, shapes, _ = model_lib.abstract_model(setup_lib.transformer_config(config))
@@ -51,8 +51,8 @@ def test_lm_configs_validate(name):
 def test_every_optimizer_name_works_with_every_lm_config(name):
   """Switching --config.optimizer.name keeps the config valid: keywords live per optimizer."""
   for optimizer in optim.OPTIMIZERS:
-    config = cli.load_config_file(TINY_CONFIG.parent / f"{name}.py")
-    cli.apply_override(config, "optimizer.name", repr(optimizer))
+    config = config_io.load_config_file(TINY_CONFIG.parent / f"{name}.py")
+    config_io.apply_override(config, "optimizer.name", repr(optimizer))
     trainer.validate(config)
     _, _, axes = model_lib.abstract_model(model_lib.TransformerConfig(num_layers=1, d_model=32))
     optimizer_lib.make_optimizer(config.optimizer, config.train.steps, axes)

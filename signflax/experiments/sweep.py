@@ -53,7 +53,7 @@ from typing import Any, NamedTuple, Sequence
 import ml_collections
 from etils import epath
 
-from signflax import storage
+from signflax import config_io, storage
 
 PSEUDO_FIELDS = ("gamma", "tokens")
 # compilation_cache: a directory shared by several sweeps (default DIR/.jax_cache)
@@ -465,19 +465,18 @@ def run(config, workdir: str, *, point: int | None = None) -> int:
 
 def main(argv: Sequence[str]) -> int:
   """``signflax sweep --config FILE --workdir DIR [--list | --point i] [--config.x=v ...]``."""
-  from signflax import cli  # noqa: PLC0415 - the command-line protocol lives there
   parser = argparse.ArgumentParser(prog="signflax sweep", description=__doc__.split("\n")[0])
   parser.add_argument("--list", action="store_true",
                       help="print one command line per point and exit")
   parser.add_argument("--point", type=int, default=None, help="run only point i (0-based)")
   try:
-    overrides, rest = cli.split_overrides(argv)
+    overrides, rest = config_io.split_overrides(argv)
     args, rest = parser.parse_known_args(rest)
     override_args = [f"--config.{k}={v}" for k, v in overrides]
-    config, workdir = cli.parse_config_args(rest + override_args,
+    config, workdir = config_io.parse_config_args(rest + override_args,
                                             "sweeps/demo_curves")
     if workdir is None:
-      raise cli.UsageError("--workdir: required (the sweep directory)")
+      raise config_io.UsageError("--workdir: required (the sweep directory)")
     if args.list:
       points = expand(config)
       config_path = next((v for k, v in zip(rest, rest[1:]) if k == "--config"),

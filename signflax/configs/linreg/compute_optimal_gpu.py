@@ -11,7 +11,7 @@ seconds on an H100). 5 sizes x 2 optimizers x 3 cases = 30 programs of ~20-60 s:
 
 import pathlib
 
-from signflax.cli import load_config_file
+from signflax.config_io import load_config_file
 
 
 def get_config():
