@@ -199,7 +199,7 @@ def main(argv=None) -> int:
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   sys.path.insert(0, str(ROOT))
   from signflax import model as model_lib
-  from signflax.cli import load_config_file
+  from signflax.config_io import load_config_file
   from signflax.parallel import sign_vote
   from signflax.train import trainer
 

@@ -31,7 +31,7 @@ import time
 import jax
 
 from signflax import model as model_lib
-from signflax.cli import apply_override, load_config_file, split_overrides
+from signflax.config_io import apply_override, load_config_file, split_overrides
 from signflax.train import metrics as metrics_lib
 from signflax.train import setup as train_setup
 
