@@ -68,7 +68,8 @@ def budget_sweep(problem: PowerLawProblem, optimizer_fn: simulator.OptimizerFn, 
     learning_rates: ``(n_B, n_lr)`` or ``(n_lr,)``.
     optimizer_for_horizon: if given, ``K -> optimizer_fn`` for runs of ``K`` steps
       (horizon-dependent schedules); ``optimizer_fn`` is then unused.
-    Other arguments as in ``simulator.simulate``.
+
+  The other arguments are those of ``simulator.simulate``.
   """
   _checks.positive("budgets", budgets)
   _checks.positive("batch_sizes", batch_sizes)
