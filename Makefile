@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.install-stamp
 WORKDIR ?= runs/tiny
 ARGS    ?=
 
-.PHONY: install train test bench clean
+.PHONY: install train test docs docs-serve bench clean
 
 install: $(STAMP)
 
@@ -23,5 +23,19 @@ train: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --durations=15 $(ARGS)
 
+# The docs site (mkdocs + Material + mkdocstrings): `make docs` builds it into site/,
+# `make docs-serve` serves it at http://127.0.0.1:8000 and rebuilds on every edit.
+DOCS_STAMP := $(VENV)/.docs-stamp
+
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e ".[docs]"
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(BIN)/python -m mkdocs build --strict
+
+docs-serve: $(DOCS_STAMP)
+	$(BIN)/python -m mkdocs serve
+
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs site

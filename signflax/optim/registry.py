@@ -55,6 +55,7 @@ OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
     "signum": _alias.signum,
     "muon": _muon.muon,
 }
+"""Every optimizer a config can name: ``name -> constructor(learning_rate, **keywords)``."""
 
 
 def optimizer_keywords(name: str) -> tuple[str, ...]:
