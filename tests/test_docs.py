@@ -111,6 +111,16 @@ def test_the_coverage_checks_can_fail():
   assert own_docstring(Bare) == ""
 
 
+def test_readme_links_resolve():
+  """README.md is outside the site, so the strict build does not check its links."""
+  readme = (ROOT / "README.md").read_text()
+  links = re.findall(r"\]\(([^)\s]+)\)", readme)
+  local = [link.split("#")[0] for link in links if "://" not in link and link.split("#")[0]]
+  assert local, "README.md links into docs/"
+  broken = [link for link in local if not (ROOT / link).exists()]
+  assert not broken, f"README.md links to missing files: {broken}"
+
+
 @pytest.mark.slow
 def test_mkdocs_build_strict(tmp_path):
   missing = [m for m in DOCS_EXTRA if importlib.util.find_spec(m.split(".")[0]) is None]
