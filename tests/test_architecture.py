@@ -168,10 +168,10 @@ def test_nothing_imports_the_cli(graph):
   assert "cli" not in set().union(*ALLOWED.values())
   importers = [module for module, targets in graph.items() if CLI in targets]
   assert not importers, f"{importers} import {CLI}; config loading lives in signflax.config_io"
-  outside = []
+  outside, modules = [], module_files()
   for folder in ("benchmarks", "examples"):
     for path in sorted((ROOT / folder).rglob("*.py")):
-      if CLI in imports_of(f"{folder}.{path.stem}", path, {}):
+      if CLI in imports_of(f"{folder}.{path.stem}", path, modules):
         outside.append(str(path.relative_to(ROOT)))
   assert not outside, f"{outside} import {CLI}; use signflax.config_io"
 
@@ -221,6 +221,9 @@ def test_the_import_reader_sees_lazy_and_relative_imports(tmp_path):
              "signflax.data.sibling": None}
   assert imports_of("signflax.data.mod", source, modules) == {
       "signflax.optim", "signflax.storage", "signflax.data.sibling", "signflax.train.trainer"}
+  other = tmp_path / "bench.py"
+  other.write_text("from signflax import cli\n")
+  assert imports_of("benchmarks.bench", other, module_files()) == {CLI}
   assert component_of("signflax.train.new_module") == "train"
   assert component_of("signflax.experiments.new_experiment") is None
   assert component_of("signflax.new_top_level") is None
