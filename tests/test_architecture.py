@@ -7,6 +7,7 @@ functions, so a lazy import that points up the map fails too.
 
 import ast
 import pathlib
+import sys
 
 import pytest
 
@@ -193,7 +194,6 @@ def test_the_lab_never_reaches_the_trainer(graph):
 
 def test_optim_needs_only_jax_numpy_optax():
   allowed_roots = {"jax", "numpy", "optax", "signflax", "__future__"}
-  import sys
   stdlib = set(sys.stdlib_module_names)
   bad = []
   for path in sorted((PACKAGE / "optim").rglob("*.py")):
