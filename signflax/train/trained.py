@@ -58,8 +58,9 @@ def run_config(workdir: str | pathlib.Path,
   config = ml_collections.ConfigDict(saved)
   for dotted, value in overrides:
     if not dotted.startswith(OVERRIDABLE):
-      raise UsageError(f"--config.{dotted}: only {', '.join(o + '*' for o in OVERRIDABLE)} "
-                       "may be overridden here (the model and data are the run's)")
+      allowed = ", ".join(f"--config.{o}*" for o in OVERRIDABLE)
+      raise UsageError(f"--config.{dotted}: only {allowed} may be overridden here (the model "
+                       "and data are the run's)")
     config_io.apply_override(config, dotted, value)
   return config
 
