@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from signflax import config_io
 from signflax import model as model_lib
 from signflax import parallel
 from signflax.model import decode
+from signflax.train import setup
 
 
 def _model(**overrides):
@@ -56,7 +58,7 @@ def test_cache_equals_recompute_on_eight_devices_with_fsdp():
 def test_prefill_logits_equal_the_forward_pass():
   cfg, graphdef, _, _, params = _model()
   tokens = np.random.RandomState(1).randint(0, 384, (3, 11)).astype(np.int32)
-  full = model_lib.apply(graphdef, params, tokens)
+  full = jax.jit(model_lib.apply, static_argnums=0)(graphdef, params, tokens)
   feed = jax.jit(lambda p, x, c: decode.forward_cached(nnx.merge(graphdef, p), x, c))
   logits, cache = feed(params, tokens[:, :6], decode.init_cache(cfg, 3, 20))
   np.testing.assert_allclose(logits, full[:, 5], atol=1e-5)
@@ -103,3 +105,15 @@ def test_padded_vocab_is_never_drawn():
                                                 vocab_limit=258))
   out = gen(params, np.zeros((4, 3), np.int32), jax.random.key(1))
   assert np.asarray(out.tokens).max() < 258
+
+
+@pytest.mark.parametrize("name", [n for n in config_io.packaged_config_names()
+                                  if n.startswith("lm/")])
+def test_generate_traces_for_every_packaged_config(name):
+  cfg = setup.transformer_config(config_io.load_config_file(name), vocab_size=258)
+  graphdef, shapes, _ = model_lib.abstract_model(cfg)
+  prompt = jax.ShapeDtypeStruct((2, 5), jnp.int32)
+  out = jax.eval_shape(lambda p, x: decode.generate(graphdef, p, x, jax.random.key(0),
+                                                    max_new_tokens=7, eos_id=0, temperature=0.7,
+                                                    top_k=40, top_p=0.9), shapes, prompt)
+  assert out.tokens.shape == (2, 7) and out.tokens.dtype == jnp.int32

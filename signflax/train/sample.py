@@ -120,17 +120,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     decode_s = time.monotonic() - start
   num_steps = int(out.num_steps)
   global_reason = decode.STOP_REASONS[int(out.stop_reason)]
-  texts = []
+  texts, statuses = [], []
   generated = num_steps * args.num_samples  # decoded, EOS-padded rows included
   for i, row in enumerate(np.asarray(out.tokens)):
     tokens, at_eos = continuation(row, num_steps, tokenizer.eos_id)
     texts.append(args.prompt + tokenizer.decode(tokens))
     reason = "eos" if at_eos else global_reason
-    _status(f"sample {i + 1}/{args.num_samples}: {len(tokens)} tokens, stopped at {reason}"
-            + (f" (the model's context of {cfg.max_seq_len} tokens)" if reason == "context"
-               else ""))
+    statuses.append(f"sample {i + 1}/{args.num_samples}: {len(tokens)} tokens, stopped at "
+                    f"{reason}" + (f" (the model's context of {cfg.max_seq_len} tokens)"
+                                   if reason == "context" else ""))
   sys.stdout.write(f"\n{SEPARATOR}\n".join(texts) + "\n")
   sys.stdout.flush()
+  for line in statuses:
+    _status(line)
   _status(f"{generated} tokens in {decode_s:.2f}s ({generated / max(decode_s, 1e-9):,.0f} "
           f"tokens/s; compile {compile_s:.1f}s not counted) | step {run.step} of {args.workdir} "
           f"| mesh {dict(run.mesh.shape)}")
