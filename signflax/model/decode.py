@@ -19,10 +19,12 @@ is sharded over the batch and key/value heads (``cache_axes``).
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from signflax.model import transformer
@@ -176,25 +178,24 @@ def generate(graphdef, params: dict, prompt: jax.Array, key: jax.Array, *,
   return Generated(tokens, n, finished, reason.astype(jnp.int32))
 
 
-def greedy_recompute(graphdef, params: dict, prompt, num_tokens: int):
+@functools.partial(jax.jit, static_argnums=0)
+def _argmax_at(graphdef, params, buffer, position):
+  logits = transformer.apply(graphdef, params, buffer)
+  return jnp.argmax(jax.lax.dynamic_index_in_dim(logits, position - 1, 1, False), -1)
+
+
+def greedy_recompute(graphdef, params: dict, prompt, num_tokens: int) -> np.ndarray:
   """Greedy decoding by re-running the full forward pass on the growing sequence.
 
   The reference for the cache: token ``i`` is the argmax of the logits at the
   last filled position of a ``[b, P + num_tokens]`` buffer (causal attention, so
-  the unfilled tail changes nothing). One jitted forward per token; returns
-  int32[b, num_tokens] as numpy.
+  the unfilled tail changes nothing). One jitted forward per token (compiled once
+  per buffer shape); returns int32[b, num_tokens].
   """
-  import numpy as np  # pylint: disable=import-outside-toplevel
   prompt = np.asarray(prompt, np.int32)
   b, prompt_len = prompt.shape
   buffer = np.zeros((b, prompt_len + num_tokens), np.int32)
   buffer[:, :prompt_len] = prompt
-
-  @jax.jit
-  def next_token(params, buffer, position):
-    logits = transformer.apply(graphdef, params, buffer)
-    return jnp.argmax(jax.lax.dynamic_index_in_dim(logits, position - 1, 1, False), -1)
-
   for i in range(num_tokens):
-    buffer[:, prompt_len + i] = np.asarray(next_token(params, buffer, prompt_len + i))
+    buffer[:, prompt_len + i] = np.asarray(_argmax_at(graphdef, params, buffer, prompt_len + i))
   return buffer[:, prompt_len:]
