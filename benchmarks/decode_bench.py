@@ -35,7 +35,6 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -80,7 +79,8 @@ def measure(config, batch: int, prompt_len: int, new_tokens: int, repeats: int) 
       lambda: decode.greedy_recompute(graphdef, params, prompt, new_tokens), repeats)
   tokens = batch * new_tokens
   return {"batch": batch, "prompt_len": prompt_len, "new_tokens": new_tokens,
-          "kv_cache_tokens_per_s": tokens / cached_s, "recompute_tokens_per_s": tokens / recompute_s,
+          "kv_cache_tokens_per_s": tokens / cached_s,
+          "recompute_tokens_per_s": tokens / recompute_s,
           "speedup": recompute_s / cached_s, "kv_cache_compile_s": compile_s,
           "kv_cache_s": cached_s, "recompute_s": recompute_s}
 

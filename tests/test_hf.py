@@ -1,4 +1,5 @@
-"""Hugging Face LLaMA export and import, checked against transformers' LlamaForCausalLM (torch, CPU)."""
+"""Hugging Face LLaMA export and import, checked against transformers' LlamaForCausalLM
+(torch on CPU; the `hf` extra)."""
 
 import json
 import pathlib

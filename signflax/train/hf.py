@@ -322,7 +322,8 @@ def byte_tokenizer_json() -> str:
   are vocabulary entries, not added tokens, so text that spells ``<|endoftext|>``
   encodes as its bytes, exactly as in signflax (an added token would be matched).
   """
-  from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers
   vocab = {char: byte for byte, char in _bytes_to_unicode().items()}
   vocab.update({EOS_NAME: data_lib.ByteTokenizer.eos_id, BOS_NAME: data_lib.ByteTokenizer.bos_id})
   tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
