@@ -39,6 +39,7 @@ def test_cache_equals_recompute_on_one_device(overrides):
   assert len(np.unique(reference)) > 5   # a real test: the greedy path is not one token
 
 
+@pytest.mark.slow
 def test_cache_equals_recompute_on_eight_devices_with_fsdp():
   _, graphdef, shapes, axes, params = _model()
   mesh = parallel.make_mesh({"data": 1, "fsdp": -1, "tensor": 1})

@@ -50,6 +50,7 @@ def _check_same_greedy(ours, theirs, eos_id, n=32):
   np.testing.assert_array_equal(ours[:len(theirs)], theirs)
 
 
+@pytest.mark.slow
 def test_export_loads_in_transformers_with_the_same_logits(trained_run, tmp_path, capsys):
   out = tmp_path / "hf"
   assert cli.main(["export", "--workdir", str(trained_run), "--format", "hf",

@@ -22,6 +22,9 @@ from signflax.data import pipeline, sources
 from signflax.model import decode
 from signflax.train import evaluate, trained
 
+# Every test here reads the shared trained run (about 25 s of CPU to train once).
+pytestmark = pytest.mark.slow
+
 TRAIN_ARGS = [
     "--config.train.steps=24", "--config.train.eval_every=12", "--config.train.eval_batches=2",
     "--config.train.log_every=12", "--config.checkpoint.every_steps=12",
