@@ -75,6 +75,7 @@ def token_byte_lengths(tok: data_lib.Tokenizer, vocab_size: int) -> np.ndarray:
     return lengths
   inner = tok._tok  # pylint: disable=protected-access
   special = {t.content for t in inner.get_added_tokens_decoder().values() if t.special}
+  special |= {inner.id_to_token(i) for i in (tok.eos_id, tok.bos_id)}   # separators: 0 bytes
   byte_level = _is_byte_level(inner)
   unicode_to_byte = {c: b for b, c in _bytes_to_unicode().items()}
   for i in range(min(inner.get_vocab_size(), vocab_size)):
