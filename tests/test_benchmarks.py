@@ -53,6 +53,7 @@ def test_data_bench_reports_tokens_per_second(tmp_path):
   assert ">= 600,000 tok/s" in stdout
 
 
+@pytest.mark.slow
 def test_decode_bench_rows_and_forecast(tmp_path):
   out = tmp_path / "decode.json"
   stdout = _run("decode_bench.py", "--batches", "1,2", "--new-tokens", "4", "--repeats", "1",
