@@ -45,7 +45,11 @@ CONFIG_COMMANDS = {
 PLAIN_COMMANDS = {
     "prepare-data": ("signflax.data.prepare",
                      "tokenize text files into ArrayRecord shards for training"),
-    "export": ("signflax.train.export", "write a checkpoint's parameters to an .npz file"),
+    "export": ("signflax.train.export",
+               "write a checkpoint's parameters to an .npz file or a Hugging Face directory"),
+    "sample": ("signflax.train.sample", "sample text from a trained run (KV-cache decoding)"),
+    "eval": ("signflax.train.evaluate",
+             "evaluate a trained run: nats/token, perplexity, bits per byte"),
     "sweep": ("signflax.experiments.sweep",
               "run a grid of trainer runs (e.g. --config sweeps/demo_curves); --list, --point i"),
     "fit": ("signflax.experiments.fits",

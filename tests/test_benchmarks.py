@@ -51,3 +51,19 @@ def test_data_bench_reports_tokens_per_second(tmp_path):
   assert [r["prefetch"] for r in rows] == [0, 2]
   assert all(r["tokens_per_s"] > 0 for r in rows)
   assert ">= 600,000 tok/s" in stdout
+
+
+@pytest.mark.slow
+def test_decode_bench_rows_and_forecast(tmp_path):
+  out = tmp_path / "decode.json"
+  stdout = _run("decode_bench.py", "--batches", "1,2", "--new-tokens", "4", "--repeats", "1",
+                "--config.model.num_layers=1", "--json", str(out))
+  result = json.loads(out.read_text())
+  assert [r["batch"] for r in result["rows"]] == [1, 2]
+  for r in result["rows"]:
+    assert r["kv_cache_tokens_per_s"] > 0 and r["recompute_tokens_per_s"] > 0
+    assert f"| {r['batch']} | " in stdout
+  # gpt2_124m in bf16: 123.6M parameters (247 MB) + 2 x 12 x 1024 x 768 x 2 B of cache per row
+  first = result["forecast"][0]
+  assert first["batch"] == 1 and first["context"] == 1024
+  assert abs(first["bytes_per_step_mb"] - (247.17 + 37.75)) < 0.1

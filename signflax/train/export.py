@@ -1,6 +1,7 @@
 """`signflax export`: a checkpoint's parameters as one ``.npz`` file, for use outside JAX.
 
   signflax export --workdir runs/tiny [--step 1000] --output params.npz
+  signflax export --workdir runs/tiny --format hf --output hf/tiny   # signflax.train.hf
 
 Each array is stored under its parameter path joined by ``/`` (``embed``,
 ``layers/attn/q``, ``final_norm/scale``, ...) in its saved dtype (bfloat16 and
@@ -38,7 +39,11 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--workdir", required=True,
                  help="a training workdir, its checkpoints/ directory or one step directory")
   p.add_argument("--step", type=int, default=None, help="which step (default: the latest)")
-  p.add_argument("--output", required=True, help="the .npz file to write")
+  p.add_argument("--output", required=True,
+                 help="the .npz file to write (--format hf: a new directory)")
+  p.add_argument("--format", choices=("npz", "hf"), default="npz",
+                 help="npz (default) or hf: a Hugging Face LlamaForCausalLM directory "
+                      "(config.json, model.safetensors, tokenizer; signflax.train.hf)")
   return p
 
 
@@ -100,6 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   tmp = None
   try:
     args = _parser().parse_args(argv)
+    if args.format == "hf":
+      from signflax.train import hf  # pylint: disable=import-outside-toplevel
+      print(hf.export(args.workdir, args.step, args.output))
+      return 0
     output, fd, tmp = _open_output(args.output)
     from signflax.train import checkpoint  # Orbax loads only once the arguments are good
     params, step = checkpoint.read_params(args.workdir, args.step)

@@ -37,7 +37,7 @@ def default_train_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       steps=400, global_batch_size=16, seq_len=128, grad_accum=1, noise_stats=True,
       loss_chunk_len=0, seed=0, log_every=25, eval_every=100, eval_batches=8,
-      compilation_cache_dir=None, gradient_exchange="mean"))
+      compilation_cache_dir=None, gradient_exchange="mean", init_from=""))
 
 def default_checkpoint_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
@@ -95,6 +95,9 @@ _TRAIN = {
     "compilation_cache_dir": cs.string(optional=True),
     # mean (float all-reduce) | sign_vote (1-bit majority vote over `data`; signflax.parallel)
     "gradient_exchange": cs.choice(*step_lib.GRADIENT_EXCHANGES),
+    # "" = random init; "hf:PATH" = a Hugging Face LLaMA directory (signflax.train.hf),
+    # checked against config.model in trainer.validate; a resume ignores it
+    "init_from": cs.string(optional=True),
 }
 _CHECKPOINT = {
     "every_steps": cs.integer(0), "keep": cs.integer(1), "keep_period": cs.integer(0),

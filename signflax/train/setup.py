@@ -57,8 +57,13 @@ class Run:
   train_step: Callable                          # jitted: (state, batch) -> (state, metrics)
   eval_step: Callable                           # jitted: (params, batch) -> mean loss
 
-  def init_state(self, seed: int | None = None) -> step_lib.TrainState:
-    """A fresh state from ``seed`` (default ``config.train.seed``), born sharded."""
+  def init_state(self, seed: int | None = None, params: Any = None) -> step_lib.TrainState:
+    """A fresh state from ``seed`` (default ``config.train.seed``), born sharded; with
+    ``params`` (e.g. imported weights), those parameters and a fresh optimizer state."""
+    if params is not None:
+      init = lambda p: step_lib.TrainState(jnp.zeros((), jnp.int32), p, self.tx.init(p))
+      with jax.set_mesh(self.mesh):
+        return jax.jit(init, out_shardings=self.shardings)(params)
     seed = self.config.train.seed if seed is None else seed
     init = lambda rng: step_lib.init_state(self.model, self.tx, rng)
     with jax.set_mesh(self.mesh):

@@ -74,6 +74,9 @@ def validate(config) -> None:
   if cfg.vocab_size < vocab:
     raise ValueError(f"config.model.vocab_size: {cfg.vocab_size} is smaller than the "
                      f"tokenizer's {vocab} (set it to None to follow the tokenizer)")
+  if t.get("init_from"):
+    from signflax.train import hf  # pylint: disable=import-outside-toplevel
+    hf.check_dir(t.init_from, cfg)
   if t.seq_len > cfg.max_seq_len:
     raise ValueError(f"config.train.seq_len: {t.seq_len} is longer than the model's context "
                      f"config.model.max_seq_len={cfg.max_seq_len}")
@@ -426,8 +429,14 @@ def _run(config, workdir, stopper, stack, allow_config_change) -> int:
          f">= config.train.steps={t.steps}")
     ckpt.close()
     return 0
-  state = (job.init_state() if restored is None
-           else _with_config_hyperparams(restored.state, job))
+  if restored is not None:
+    state = _with_config_hyperparams(restored.state, job)
+  elif t.get("init_from"):
+    from signflax.train import hf  # pylint: disable=import-outside-toplevel
+    state = job.init_state(params=hf.load_params(t.init_from, job.model))
+    _log(f"initialized from {t.init_from}")
+  else:
+    state = job.init_state()
 
   # Only now is the workdir written to: every check that could refuse the run has passed.
   guard = recovery.StartGuard(workdir) if restored is None else None
