@@ -128,14 +128,15 @@ def _opt_config(name="sign_sgd"):
 
 
 CASES = {  # mesh -> [(kind, replicas)]
-    "data8": (dict(data=8), [("sign_flip", 4), ("sign_flip", 3), ("nan", [1, 6]),
-                             ("alie", 3), ("scaled", [7]), ("zero", 2), ("random_sign", 3)]),
+    "data8": (dict(data=8), [("sign_flip", 3), ("nan", [1, 6]), ("alie", 3), ("scaled", [7]),
+                             ("zero", 2), ("random_sign", 4)]),
     "data4_fsdp2": (dict(data=4, fsdp=2), [("sign_flip", 2), ("nan", [3]), ("alie", 1),
                                            ("random_sign", 1)]),
 }
 
 
-@pytest.mark.parametrize("mesh_name", CASES)
+@pytest.mark.parametrize("mesh_name", [
+    "data8", pytest.param("data4_fsdp2", marks=pytest.mark.slow)])
 def test_vote_over_faulty_replicas_equals_the_numpy_reference(mesh_name):
   sizes, cases = CASES[mesh_name]
   mesh = parallel.make_mesh(sizes)
@@ -153,6 +154,7 @@ def test_vote_over_faulty_replicas_equals_the_numpy_reference(mesh_name):
         state.params, batch)
     update = jax.jit(tx.update)
     vote_fn = step_lib.make_vote_fn(axes, shapes, mesh)
+    vote_metrics = jax.jit(lambda g, a: faults_lib.vote_metrics(g, a, 0, vote_fn))
     host = jax.device_get(stacked)
     saw_ties = False
     for kind, replicas in cases:
@@ -178,7 +180,7 @@ def test_vote_over_faulty_replicas_equals_the_numpy_reference(mesh_name):
       for u, v in zip(jax.tree.leaves(jax.device_get(updates)), jax.tree.leaves(reference)):
         np.testing.assert_array_equal(u, -LR * v, err_msg=f"{kind} {replicas}")
       # the logged agreement: the vote vs the honest-only vote, from the same reference
-      metrics = jax.jit(lambda g, a, v=vote_fn: faults_lib.vote_metrics(g, a, 0, v))(sent, active)
+      metrics = vote_metrics(sent, active)
       honest = sign_vote.reference_vote(sent_host, 0, abstain=np.asarray(active))
       same = sum(np.sum(a == b) for a, b in zip(jax.tree.leaves(reference),
                                                 jax.tree.leaves(honest)))

@@ -76,6 +76,10 @@ def report(config, workdir: str | pathlib.Path) -> dict:
                      curve=_curve(workdir / "runs" / p.id), id=p.id))
     if count == 0:
       clean[exchange] = rows[-1]
+  # Under the vote, -s g sends the votes of -g: `scaled` is `sign_flip`, bit for bit.
+  if not any(r["exchange"] == "sign_vote" and r["kind"] == "scaled" for r in rows):
+    rows += [dict(r, kind="scaled", same_as="sign_flip") for r in list(rows)
+             if r["exchange"] == "sign_vote" and r["kind"] == "sign_flip"]
   for row in rows:
     base = clean.get(row["exchange"])
     row["eval_loss_vs_clean"] = None
@@ -107,7 +111,8 @@ def markdown(result: dict) -> str:
     delta = "" if r["eval_loss_vs_clean"] is None else f"{r['eval_loss_vs_clean']:+.4f}"
     steps = _cell(r["steps_to_clean_half"], "{:d}")
     train = _cell(r["final_train_loss"]) if r["final_train_loss"] is not None else ""
-    lines.append(f"| {r['exchange']} | {r['kind']} | {r['faulty']}/8 | {loss} | {delta} | "
+    kind = r["kind"] + (f" (= {r['same_as']})" if r.get("same_as") else "")
+    lines.append(f"| {r['exchange']} | {kind} | {r['faulty']}/8 | {loss} | {delta} | "
                  f"{train} | {steps} |")
   return "\n".join(lines) + "\n"
 
