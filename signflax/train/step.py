@@ -123,7 +123,8 @@ def make_train_step(graphdef, tx: optax.GradientTransformation,
       if faults is not None:
         grads, active = faults_lib.corrupt(grads, faults, state.step)
         metrics.update(faults_lib.vote_metrics(grads, active, state.step, vote_fn))
-      metrics["abstentions"] = jnp.sum(sign_vote.nonfinite_replicas(grads), dtype=jnp.int32)
+      # a float: the one scalar summed over `data` stays a float all-reduce like the metrics
+      metrics["abstentions"] = jnp.sum(sign_vote.nonfinite_replicas(grads).astype(jnp.float32))
     elif faults is not None:  # branch at trace time: without faults none of this is traced
       metrics, grads = per_replica_gradients(gradients, state.params, batch)
       grads, active = faults_lib.corrupt(grads, faults, state.step)
