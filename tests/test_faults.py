@@ -344,3 +344,50 @@ def test_kill_and_resume_with_random_sign_faults_is_exact(tmp_path):
   assert resumed.returncode == 0, err[-2000:]
   assert "resumed from the checkpoint at step" in err
   assert _records(tmp_path / "run") == expected
+
+
+# ---- the fault-sweep report ----
+
+def test_fault_sweep_report_from_recorded_runs(tmp_path):
+  from signflax.experiments import fault_sweep, sweep  # noqa: PLC0415
+  config = config_io.load_config_file(REPO / "signflax" / "configs" / "sweeps" / "faults.py")
+  points = {(p.values["train.gradient_exchange"], p.values["train.faults.kind"],
+             p.values["train.faults.replicas"]): p for p in sweep.expand(config)}
+  assert len(points) == 46 and ("sign_vote", "scaled", 1) not in points
+  assert all(p.config.mesh.data == 8 for p in points.values())
+  curves = {("mean", "sign_flip", 0): [5.5, 4.0, 3.0, 2.5], ("mean", "nan", 2): [5.5],
+            ("sign_vote", "sign_flip", 0): [5.5, 4.2, 3.2, 2.6],
+            ("sign_vote", "sign_flip", 3): [5.5, 4.8, 3.9, 3.1]}
+  for key, losses in curves.items():
+    p = points[key]
+    run_dir = tmp_path / "runs" / p.id
+    run_dir.mkdir(parents=True)
+    lines = [json.dumps({"step": 15 * (i + 1), "train_loss": l}) for i, l in enumerate(losses)]
+    diverged = key[1] == "nan"
+    if not diverged:
+      lines.append(json.dumps({"step": 60, "eval_loss": losses[-1] + 0.5}))
+    (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    (run_dir / "sweep_record.json").write_text(json.dumps({
+        "id": p.id, "status": "diverged" if diverged else "done",
+        "final_eval_loss": None if diverged else losses[-1] + 0.5,
+        "final_train_loss": losses[-1]}))
+  result = fault_sweep.write_report(config, tmp_path)
+  rows = {(r["exchange"], r["kind"], r["faulty"]): r for r in result["rows"]}
+  assert set(rows) == {("mean", "clean", 0), ("mean", "nan", 2), ("sign_vote", "clean", 0),
+                       ("sign_vote", "sign_flip", 3), ("sign_vote", "scaled", 3)}
+  flip = rows["sign_vote", "sign_flip", 3]
+  # the clean vote's train loss at step 30 (half of 60) is 4.2; the flipped run gets there at 45
+  assert flip["clean_half_loss"] == 4.2 and flip["steps_to_clean_half"] == 45
+  np.testing.assert_allclose(flip["eval_loss_vs_clean"], 0.5)
+  assert rows["sign_vote", "scaled", 3]["same_as"] == "sign_flip"
+  assert rows["mean", "nan", 2]["steps_to_clean_half"] is None
+  table = (tmp_path / "faults_report.md").read_text()
+  assert "| mean | nan | 2/8 | diverged |  |" in table and "scaled (= sign_flip)" in table
+  assert (tmp_path / "loss_vs_faulty_fraction.png").stat().st_size > 10_000
+
+
+def test_fault_sweep_needs_a_workdir(capsys):
+  from signflax import cli  # noqa: PLC0415
+  assert cli.main(["fault-sweep"]) == 2
+  assert capsys.readouterr().err.strip().splitlines()[-1] == (
+      "signflax fault-sweep: error: --workdir: required (the sweep directory)")
