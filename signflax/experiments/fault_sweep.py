@@ -118,37 +118,44 @@ def markdown(result: dict) -> str:
 
 
 def plot(result: dict, path: pathlib.Path) -> None:
-  """Final eval loss vs faulty fraction: one line per (exchange, attack); the clean run at 0."""
+  """Final eval loss vs faulty fraction, one line per (exchange, attack), the clean run at 0;
+  left the whole range (log scale, x = diverged, drawn at the top), right the close-up."""
   from signflax.experiments.fits import _plt  # noqa: PLC0415
   plt = _plt()
-  rows = result["rows"]
-  finite = [r["final_eval_loss"] for r in rows
-            if r["status"] == "done" and _finite(r["final_eval_loss"])]
-  ceiling = max(finite) * 1.05 if finite else 10.0
-  fig, ax = plt.subplots(figsize=(8, 5))
+  rows = [r for r in result["rows"] if not r.get("same_as")]
+  ok = lambda r: r["status"] == "done" and _finite(r["final_eval_loss"])
+  finite = [r["final_eval_loss"] for r in rows if ok(r)]
+  ceiling = max(finite) * 1.2 if finite else 10.0
+  clean = [r["final_eval_loss"] for r in rows if r["kind"] == CLEAN and ok(r)]
+  fig, axes = plt.subplots(1, 2, figsize=(13, 5))
   kinds = sorted({r["kind"] for r in rows} - {CLEAN})
   for exchange, style in (("mean", "--"), ("sign_vote", "-")):
-    clean = [r for r in rows if r["exchange"] == exchange and r["kind"] == CLEAN]
+    base = [r for r in rows if r["exchange"] == exchange and r["kind"] == CLEAN]
     for i, kind in enumerate(kinds):
-      line = sorted(clean + [r for r in rows if r["exchange"] == exchange and r["kind"] == kind],
+      line = sorted(base + [r for r in rows if r["exchange"] == exchange and r["kind"] == kind],
                     key=lambda r: r["faulty"])
-      if not line:
+      if len(line) <= len(base):
         continue
-      ok = lambda r: r["status"] == "done" and _finite(r["final_eval_loss"])
       xs = [r["faulty_fraction"] for r in line]
       ys = [r["final_eval_loss"] if ok(r) else ceiling for r in line]
-      color = f"C{i}"
-      ax.plot(xs, ys, style, color=color, marker="o", label=f"{exchange} / {kind}")
-      bad = [(x, y) for x, y, r in zip(xs, ys, line) if not ok(r)]
-      if bad:
-        ax.plot(*zip(*bad), "x", color=color, markersize=10)
-  ax.axhline(ceiling, color="grey", lw=0.5)
-  ax.set_xlabel("faulty fraction of the 8 data-parallel replicas")
-  ax.set_ylabel("final eval loss (nats/token); x = diverged")
-  ax.set_title("mean all-reduce (dashed) vs 1-bit majority vote (solid)")
-  ax.legend(fontsize=7, ncol=2)
+      for ax in axes:
+        ax.plot(xs, ys, style, color=f"C{i}", marker="o" if exchange == "sign_vote" else "s",
+                label=f"{exchange} / {kind}")
+        bad = [(x, y) for x, y, r in zip(xs, ys, line) if not ok(r)]
+        if bad:
+          ax.plot(*zip(*bad), "x", color=f"C{i}", markersize=12)
+  axes[0].set_yscale("log")
+  axes[0].set_title("all runs (log scale; x = diverged, drawn at the top)")
+  if clean:
+    axes[1].set_ylim(min(finite) - 0.05, min(clean) + 0.6)
+  axes[1].set_title("close-up around the clean runs")
+  for ax in axes:
+    ax.set_xlabel("faulty fraction of the data-parallel replicas")
+    ax.set_ylabel("final eval loss (nats/token)")
+  axes[1].legend(fontsize=7, ncol=2, loc="upper left")
+  fig.suptitle("mean all-reduce (dashed, squares) vs 1-bit majority vote (solid, circles)")
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  fig.savefig(path, dpi=110)
   plt.close(fig)
 
 
