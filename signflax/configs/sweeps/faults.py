@@ -10,7 +10,7 @@ its votes, updates and losses are those of ``sign_flip`` bit for bit (the report
 lists it as such). 2 + 6 x 4 + 5 x 4 = 46 runs.
 
     signflax fault-sweep --workdir runs/faults          # runs this sweep, then the report
-    XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu is set by the command
+    # 8 CPU devices: the command sets JAX_PLATFORMS=cpu and the host device count if unset
 """
 
 import ml_collections
