@@ -54,6 +54,8 @@ PLAIN_COMMANDS = {
               "run a grid of trainer runs (e.g. --config sweeps/demo_curves); --list, --point i"),
     "fit": ("signflax.experiments.fits",
             "fit a scaling law to a sweep: --sweep DIR --law collapse|predict|..."),
+    "fault-sweep": ("signflax.experiments.fault_sweep",
+                    "train with faulty replicas (mean vs sign_vote, data=8) and report"),
 }
 
 

@@ -159,7 +159,9 @@ class Schema:
     for group in sorted(groups - self.open_groups):
       node = config
       for part in filter(None, group.split(".")):
-        node = node[part]
+        node = node.get(part) if hasattr(node, "keys") else None
+      if node is None:  # a group every field of which may be left out
+        continue
       known = {d[len(group) + 1 if group else 0:].split(".")[0] for d in self.fields
                if (d.startswith(group + ".") if group else True)}
       for name in node.keys():

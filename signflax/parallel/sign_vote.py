@@ -26,7 +26,14 @@ drifting, and both flip with the step ``t``:
 
 So the voted sign is always ``+1`` or ``-1``, and a coordinate that stays tied (say
 an embedding row no example touches) oscillates by one learning-rate step around
-where it was instead of drifting. Counting is in int32, so the result does not
+where it was instead of drifting.
+
+* **non-finite abstains**: a replica whose direction has a NaN or Inf coordinate
+  (a bad host) sends no vote at all: its bits are all 0 and the majority is taken
+  over the ``V`` replicas that vote, ``v = sign(2 c - V)`` with ``c`` the +1 votes
+  among them (``V`` is one float scalar summed over ``axis``). A tie (``2c = V``,
+  including ``V = 0``) follows the tie rule. :func:`nonfinite_replicas` gives the
+  abstainers; ``vote(..., abstain=mask)`` lets a caller name them instead. Counting is in int32, so the result does not
 depend on the order of the reduction: it is bit-identical to the one-device
 ``sign(sum of signs)`` with these rules (see :func:`reference_vote`).
 
@@ -39,6 +46,7 @@ votes on that shard alone; nothing moves along the other axes.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -73,10 +81,18 @@ def unpack(packed: jax.Array) -> jax.Array:
   return jnp.unpackbits(packed, axis=-1).astype(jnp.bool_)
 
 
-def majority(counts: jax.Array, replicas: int, step: jax.Array | int) -> jax.Array:
-  """``counts`` of +1 votes among ``replicas`` -> the voted bit (True = +1); ties by step parity."""
-  margin = 2 * counts.astype(jnp.int32) - replicas
+def majority(counts: jax.Array, replicas: jax.Array | int, step: jax.Array | int) -> jax.Array:
+  """``counts`` of +1 votes among ``replicas`` voters -> the voted bit (True = +1); ties by
+  step parity."""
+  margin = 2 * counts.astype(jnp.int32) - jnp.asarray(replicas, jnp.int32)
   return (margin > 0) | ((margin == 0) & (jnp.asarray(step, jnp.int32) % 2 == 0))
+
+
+def nonfinite_replicas(stacked: Any) -> jax.Array:
+  """``bool[R]``: whether replica ``r``'s slice of the stacked pytree has a NaN or Inf."""
+  flags = [jnp.any(~jnp.isfinite(x), axis=tuple(range(1, x.ndim)))
+           for x in jax.tree.leaves(stacked)]
+  return functools.reduce(jnp.logical_or, flags)
 
 
 def _padded_len(n: int, replicas: int) -> int:
@@ -89,7 +105,8 @@ def _spec_entries(spec: PartitionSpec, ndim: int) -> tuple:
 
 
 def vote(directions: Any, specs: Any, *, mesh: Mesh, step: jax.Array | int,
-         axis: str = "data", exchange: str = "all_to_all") -> Any:
+         axis: str = "data", exchange: str = "all_to_all",
+         abstain: jax.Array | None = None) -> Any:
   """The majority-voted sign (+1/-1, in each leaf's dtype) of per-replica directions.
 
   Args:
@@ -102,6 +119,8 @@ def vote(directions: Any, specs: Any, *, mesh: Mesh, step: jax.Array | int,
     axis: the mesh axis whose replicas vote.
     exchange: "all_to_all" (vote on a slice each, then all-gather the voted bits) or
       "all_gather" (gather all bits, everyone counts everything).
+    abstain: ``bool[R]``, the replicas that send no vote; None = those whose
+      direction is not finite (:func:`nonfinite_replicas`).
 
   Returns:
     pytree of ``shape`` arrays, sharded by ``specs`` and replicated over ``axis``.
@@ -123,21 +142,25 @@ def vote(directions: Any, specs: Any, *, mesh: Mesh, step: jax.Array | int,
   in_specs = tuple(PartitionSpec(axis, *e) for e in entries)
   out_specs = tuple(PartitionSpec(*e) for e in entries)
   step = jnp.asarray(step, jnp.int32)
+  if abstain is None:
+    abstain = nonfinite_replicas(leaves)
 
-  def local_vote(step, *local):
+  def local_vote(step, abstains, *local):
     r = lax.axis_index(axis)
     shapes = [x.shape[1:] for x in local]
     sizes = [math.prod(s) for s in shapes]
-    bits = jnp.concatenate([sign_bits(x.reshape(-1), r, step) for x in local])
+    bits = jnp.concatenate([sign_bits(x.reshape(-1), r, step) for x in local]) & ~abstains[0]
+    # A float scalar: exact for any replica count, and the only float sent along `axis`.
+    voters = replicas - lax.psum(abstains[0].astype(jnp.float32), axis).astype(jnp.int32)
     chunk = _padded_len(bits.size, replicas)
     bits = jnp.pad(bits, (0, chunk * replicas - bits.size))
     if exchange == "all_to_all":
       slices = lax.all_to_all(pack(bits.reshape(replicas, chunk)), axis, 0, 0, tiled=True)
       counts = jnp.sum(unpack(slices).astype(jnp.int32), axis=0)     # my slice, all replicas
-      voted = lax.all_gather(pack(majority(counts, replicas, step)), axis, tiled=True)
+      voted = lax.all_gather(pack(majority(counts, voters, step)), axis, tiled=True)
     else:
       every = lax.all_gather(pack(bits), axis)                        # [R, bytes]
-      voted = pack(majority(jnp.sum(unpack(every).astype(jnp.int32), axis=0), replicas, step))
+      voted = pack(majority(jnp.sum(unpack(every).astype(jnp.int32), axis=0), voters, step))
     voted = unpack(voted)[:sum(sizes)]
     out, start = [], 0
     for x, shape, size in zip(local, shapes, sizes):
@@ -149,18 +172,29 @@ def vote(directions: Any, specs: Any, *, mesh: Mesh, step: jax.Array | int,
   # check_vma off: leaves replicated over fsdp/tensor are concatenated with sharded
   # ones, so the checker cannot see that their votes agree across those axes (they
   # do: every device of a replica holds the same copy, hence the same bits).
-  voted = jax.shard_map(local_vote, mesh=mesh, in_specs=(PartitionSpec(), *in_specs),
-                        out_specs=out_specs, check_vma=False)(step, *leaves)
+  voted = jax.shard_map(local_vote, mesh=mesh,
+                        in_specs=(PartitionSpec(), PartitionSpec(axis), *in_specs),
+                        out_specs=out_specs, check_vma=False)(
+                            step, jnp.asarray(abstain, jnp.bool_), *leaves)
   return jax.tree.unflatten(treedef, voted)
 
 
-def reference_vote(directions: Any, step: int) -> Any:
-  """One-host NumPy reference of :func:`vote`: ``sign(sum_r s_r)`` with the same rules."""
+def reference_vote(directions: Any, step: int, abstain: Any = None) -> Any:
+  """One-host NumPy reference of :func:`vote`: ``sign(sum_r s_r)`` over the replicas that
+  vote, with the same rules (``abstain``: bool[R]; None = the non-finite replicas)."""
+  leaves = [np.asarray(d) for d in jax.tree.leaves(directions)]
+  if abstain is None:
+    abstain = np.zeros(leaves[0].shape[0], bool)
+    for d in leaves:
+      abstain |= ~np.isfinite(d.astype(np.float32)).reshape(d.shape[0], -1).all(axis=1)
+  abstain = np.asarray(abstain, bool)
+
   def one(d):
     d = np.asarray(d)
     replica = np.arange(d.shape[0]).reshape((-1,) + (1,) * (d.ndim - 1))
     zero_vote = np.where((replica + step) % 2 == 1, 1, -1)
-    total = np.sum(np.where(d > 0, 1, np.where(d < 0, -1, zero_vote)), axis=0)
+    votes = np.where(d > 0, 1, np.where(d < 0, -1, zero_vote))
+    total = np.sum(np.where(abstain.reshape(replica.shape), 0, votes), axis=0)
     tie = 1 if step % 2 == 0 else -1
     return np.where(total > 0, 1, np.where(total < 0, -1, tie)).astype(d.dtype)
   return jax.tree.map(one, directions)
@@ -202,7 +236,8 @@ def majority_vote(local: optax.GradientTransformation, outer: optax.GradientTran
   signSGD with majority vote: ``local = optax.identity()``, ``outer =
   signflax.optim.sign_sgd(lr, ...)``. Signum with majority vote (each replica keeps
   its own momentum, as in the paper): ``local = scale_by_signum(beta)``, the same
-  ``outer``. The local state has a leading replica axis under the key
+  ``outer``. A replica whose gradient or direction is not finite abstains from the
+  vote and keeps its local state for this step. The local state has a leading replica axis under the key
   :data:`PER_REPLICA`, so it checkpoints like any state and restores onto the same
   number of replicas only (it holds ``R`` different momenta).
   """
@@ -218,8 +253,13 @@ def majority_vote(local: optax.GradientTransformation, outer: optax.GradientTran
   def update_fn(updates, state, params=None):
     directions, local_state = jax.vmap(local.update, in_axes=(0, 0, None))(
         updates, state.local[PER_REPLICA], params)
+    abstain = nonfinite_replicas(updates) | nonfinite_replicas(directions)
+    # An abstaining replica keeps its local state: one bad step does not poison its momentum.
+    local_state = jax.tree.map(
+        lambda new, old: jnp.where(abstain.reshape((-1,) + (1,) * (new.ndim - 1)), old, new),
+        local_state, state.local[PER_REPLICA])
     signs = vote(directions, specs, mesh=mesh, step=state.count, axis=axis,
-                 exchange=exchange)
+                 exchange=exchange, abstain=abstain)
     updates, outer_state = outer.update(signs, state.outer, params)
     return updates, MajorityVoteState(state.count + 1, {PER_REPLICA: local_state},
                                       outer_state)

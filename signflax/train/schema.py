@@ -18,6 +18,7 @@ from signflax import optim
 from signflax.data import pipeline as data_pipeline
 from signflax.data import sources as data_sources
 from signflax.model import transformer
+from signflax.train import faults as faults_lib
 from signflax.train import optimizer as optimizer_lib
 from signflax.train import preemption
 from signflax.train import step as step_lib
@@ -37,7 +38,8 @@ def default_train_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       steps=400, global_batch_size=16, seq_len=128, grad_accum=1, noise_stats=True,
       loss_chunk_len=0, seed=0, log_every=25, eval_every=100, eval_batches=8,
-      compilation_cache_dir=None, gradient_exchange="mean", init_from=""))
+      compilation_cache_dir=None, gradient_exchange="mean", init_from="",
+      faults=faults_lib.default_faults_config()))
 
 def default_checkpoint_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
@@ -99,6 +101,14 @@ _TRAIN = {
     # checked against config.model in trainer.validate; a resume ignores it
     "init_from": cs.string(optional=True),
 }
+# Faulty data-parallel replicas, a research option (signflax.train.faults); a config may
+# leave the group out. replicas: None/0 = none, a count k = replicas 0..k-1, or a list.
+_FAULTS = {
+    "replicas": cs.anything(required=False), "kind": cs.choice(*faults_lib.KINDS, required=False),
+    "start_step": cs.integer(0, required=False),
+    "scale": cs.real(0, low_open=True, required=False),
+    "z": cs.real(optional=True, required=False),
+}
 _CHECKPOINT = {
     "every_steps": cs.integer(0), "keep": cs.integer(1), "keep_period": cs.integer(0),
     "async_save": cs.boolean(), "nan_policy": cs.choice(*preemption.NAN_POLICIES),
@@ -134,6 +144,7 @@ SCHEMA = cs.Schema({
     **{f"data.{k}": v for k, v in _DATA.items()},
     **{f"mesh.{k}": cs.integer(-1) for k in ("data", "fsdp", "tensor")},
     **{f"train.{k}": v for k, v in _TRAIN.items()},
+    **{f"train.faults.{k}": v for k, v in _FAULTS.items()},
     **{f"checkpoint.{k}": v for k, v in _CHECKPOINT.items()},
     **{f"distributed.{k}": v for k, v in _DISTRIBUTED.items()},
 })
@@ -157,6 +168,11 @@ def _sign_vote_needs_a_sign_optimizer(config) -> str | None:
     return (f"config.train.gradient_exchange: 'sign_vote' needs config.optimizer.name in "
             f"{', '.join(step_lib.SIGN_VOTE_OPTIMIZERS)}, got {name!r}")
   return None
+
+@SCHEMA.rule
+def _faulty_replicas_are_a_count_or_a_list(config) -> str | None:
+  # The indices against the mesh's data size are checked in trainer.validate.
+  return faults_lib.check(config.train.get("faults"), num_replicas=1 << 30)
 
 @SCHEMA.rule
 def _loss_chunks_divide(config) -> str | None:

@@ -26,6 +26,7 @@ from jax.sharding import Mesh, NamedSharding
 from signflax import data as data_lib
 from signflax import model as model_lib
 from signflax import parallel
+from signflax.train import faults as faults_lib
 from signflax.train import optimizer as optimizer_lib
 from signflax.train import preemption
 from signflax.train import step as step_lib
@@ -126,10 +127,15 @@ def setup(config, *, vocab_size: int | None = None, noise_stats: bool | None = N
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract, shardings)
 
+  faults = faults_lib.from_config(t.get("faults"), mesh.shape["data"])
+  vote_fn = (step_lib.make_vote_fn(param_axes, param_shapes, mesh)
+             if faults is not None and t.gradient_exchange == "sign_vote" else None)
+
   def build():
     step = step_lib.make_train_step(graphdef, tx, learning_rate_fn, grad_accum=t.grad_accum,
                                     noise_stats=noise_stats, loss_chunk_len=t.loss_chunk_len,
-                                    gradient_exchange=t.gradient_exchange)
+                                    gradient_exchange=t.gradient_exchange, faults=faults,
+                                    vote_fn=vote_fn)
     if config.checkpoint.nan_policy == "skip":
       step = preemption.guard_nonfinite(step)
     return (step_lib.jit_train_step(step, mesh, shardings),

@@ -13,6 +13,7 @@ from signflax import model as model_lib
 from signflax import optim
 from signflax import parallel
 from signflax.parallel import sign_vote
+from signflax.train import faults as faults_lib
 from signflax.train import loss as loss_lib
 from signflax.train import optimizer as optimizer_lib
 
@@ -66,7 +67,8 @@ SIGN_VOTE_OPTIMIZERS = ("sign_sgd", "signum")
 def make_train_step(graphdef, tx: optax.GradientTransformation,
                     learning_rate_fn: Callable[[Any], jax.Array], *, grad_accum: int = 1,
                     noise_stats: bool = True, loss_chunk_len: int = 0,
-                    gradient_exchange: str = "mean"
+                    gradient_exchange: str = "mean", faults: faults_lib.Faults | None = None,
+                    vote_fn: Callable[..., Any] | None = None
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
   """The (unjitted) train step: state, {inputs, targets} -> new state, scalar metrics.
 
@@ -81,7 +83,13 @@ def make_train_step(graphdef, tx: optax.GradientTransformation,
   gradient (``per_replica_gradients``) and ``tx`` (from ``make_sign_vote_optimizer``)
   exchanges 1-bit votes instead of all-reducing floats. Scalar metrics are means
   over replicas; ``replica_grad_l1/l2`` (the norms of each replica's gradient,
-  averaged) replace ``grad_l1/l2`` (the norms of the mean gradient, never formed).
+  averaged) replace ``grad_l1/l2`` (the norms of the mean gradient, never formed);
+  ``abstentions`` counts the replicas whose gradient is not finite (they do not vote).
+
+  ``faults`` (``signflax.train.faults``; None = none) corrupts the faulty replicas'
+  gradients before the exchange: the mean exchange then also takes per-replica
+  gradients and averages them itself. ``vote_fn(stacked, abstain=, step=)``, the
+  sign_vote exchange's vote, gives the honest-only vote logged with faults.
   """
   if gradient_exchange not in GRADIENT_EXCHANGES:
     raise ValueError(f"gradient_exchange: {gradient_exchange!r} is not one of "
@@ -112,6 +120,17 @@ def make_train_step(graphdef, tx: optax.GradientTransformation,
   def train_step(state: TrainState, batch: Batch):
     if gradient_exchange == "sign_vote":
       metrics, grads = per_replica_gradients(gradients, state.params, batch)
+      if faults is not None:
+        grads, active = faults_lib.corrupt(grads, faults, state.step)
+        metrics.update(faults_lib.vote_metrics(grads, active, state.step, vote_fn))
+      # a float: the one scalar summed over `data` stays a float all-reduce like the metrics
+      metrics["abstentions"] = jnp.sum(sign_vote.nonfinite_replicas(grads).astype(jnp.float32))
+    elif faults is not None:  # branch at trace time: without faults none of this is traced
+      metrics, grads = per_replica_gradients(gradients, state.params, batch)
+      grads, active = faults_lib.corrupt(grads, faults, state.step)
+      grads, fault_metrics = faults_lib.mean_metrics(grads, active)
+      metrics.update(fault_metrics, grad_l1=_tree_sum(jnp.abs, grads),
+                     grad_l2=jnp.sqrt(_tree_sum(jnp.square, grads)))
     else:
       loss, grads, metrics = gradients(state.params, batch)
       metrics.update(loss=loss, grad_l1=_tree_sum(jnp.abs, grads),
@@ -175,13 +194,25 @@ def make_sign_vote_optimizer(opt_config, total_steps: int, param_axes, param_sha
   local = optim.scale_by_signum(**kwargs) if opt_config.name == "signum" else optax.identity()
   if opt_config.grad_clip_norm:
     local = optax.chain(optax.clip_by_global_norm(opt_config.grad_clip_norm), local)
-  specs = jax.tree.map(
-      lambda axes, x: parallel.logical_to_mesh_spec(axes, shape=x.shape, mesh=mesh),
-      param_axes, param_shapes, is_leaf=lambda x: isinstance(x, tuple))
+  specs = vote_specs(param_axes, param_shapes, mesh)
   tx = sign_vote.majority_vote(local, outer, mesh=mesh, specs=specs, exchange=exchange)
   # The hyperparameters are compile-time constants here (no inject_hyperparams), so
   # setup's step cache keys sign-vote runs on their whole config.
   return tx, lambda opt_state: schedule(opt_state.count)
+
+
+def vote_specs(param_axes, param_shapes, mesh: Mesh) -> Any:
+  """Each parameter's ``PartitionSpec`` over the mesh: what ``sign_vote.vote`` takes."""
+  return jax.tree.map(
+      lambda axes, x: parallel.logical_to_mesh_spec(axes, shape=x.shape, mesh=mesh),
+      param_axes, param_shapes, is_leaf=lambda x: isinstance(x, tuple))
+
+
+def make_vote_fn(param_axes, param_shapes, mesh: Mesh, *, exchange: str = "all_to_all"):
+  """``(stacked, abstain=, step=) -> voted signs``: the sign_vote exchange's vote over ``data``."""
+  specs = vote_specs(param_axes, param_shapes, mesh)
+  return lambda stacked, *, abstain, step: sign_vote.vote(
+      stacked, specs, mesh=mesh, step=step, exchange=exchange, abstain=abstain)
 
 
 def make_eval_step(graphdef, loss_chunk_len: int = 0) -> Callable[[Any, Batch], jax.Array]:

@@ -37,6 +37,7 @@ from signflax import model as model_lib
 from signflax import parallel
 from signflax import storage
 from signflax.train import checkpoint as checkpoint_lib
+from signflax.train import faults as faults_lib
 from signflax.train import metrics as metrics_lib
 from signflax.train import optimizer as optimizer_lib
 from signflax.train import preemption
@@ -82,6 +83,9 @@ def validate(config) -> None:
                      f"config.model.max_seq_len={cfg.max_seq_len}")
   shape = dict(zip(parallel.MESH_AXES,
                    parallel.resolve_mesh_shape(config.mesh, jax.device_count())))
+  error = faults_lib.check(t.get("faults"), shape["data"])
+  if error:
+    raise ValueError(error)
   batch_shards = shape["data"] * shape["fsdp"]
   if batch_shards % jax.process_count():
     # Each process feeds its own rows of the batch: the batch axes must span the processes.
