@@ -125,3 +125,68 @@ def test_default_config_is_valid_and_tiny_run_writes_results(tmp_path, capsys):
   measured = results["results"]["noise_dominated"]["measured"]["sgd/constant"]
   assert np.isfinite(measured["loss_exponent"])
   assert (workdir / "compute_optimal.png").stat().st_size > 1000
+
+
+_PLRF = plrf.plrf_problem(24, 6, 1.0, 1.5)
+_NAN, _INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("call,needle", [
+    (lambda: theory.plrf_phase(1.0, _NAN), "beta"),
+    (lambda: theory.plrf_phase(_INF, 1.0), "alpha"),
+    (lambda: theory.plrf_phase(-1.0, 2.0), "alpha"),
+    (lambda: theory.plrf_sgd_compute_optimal(1, _NAN), "beta"),
+    (lambda: theory.plrf_sgd_loss_terms(1.0, 1.5, [16, _NAN], [10, 10]), "dim"),
+    (lambda: theory.plrf_sgd_loss_terms(1.0, 1.5, [16], [-1]), "steps"),
+    (lambda: theory.plrf_sgd_loss_terms(1.0, 1.5, [16], [10], learning_rate=0.0),
+     "learning_rate"),
+    (lambda: theory.plrf_sgd_loss_terms(1.0, 1.5, [], [10]), "dim"),
+    (lambda: theory.plrf_signsgd_claims(_NAN, 1.0), "alpha"),
+    (lambda: plrf.plrf_problem(24, 6, 1.0, _NAN), "beta"),
+    (lambda: plrf.plrf_problem(24, 5.5, 1.0, 1.5), "dim"),
+    (lambda: plrf.plrf_problem(24.0, 6, 1.0, 1.5), "num_features"),
+    (lambda: plrf.plrf_problem(24, 6, _INF, 1.5), "alpha"),
+    (lambda: plrf.plrf_problem(24, 6, 1.0, 1.5, noise_std=-0.1), "noise_std"),
+    (lambda: plrf.plrf_problem(24, 6, 1.0, 1.5, seed=[]), "seed"),
+    (lambda: plrf.plrf_problem(24, 6, 1.0, 1.5, seed=-1), "seed"),
+    (lambda: plrf.plrf_risk(_PLRF, np.full(6, _NAN)), "theta"),
+    (lambda: plrf.plrf_risk(_PLRF, np.zeros(5)), "theta"),
+    (lambda: plrf.sgd_plrf_risk_recursion(_PLRF, [0.1], 0, [10]), "batch_size"),
+    (lambda: plrf.sgd_plrf_risk_recursion(_PLRF, [0.1], 1, [-1]), "steps"),
+    (lambda: plrf.sgd_plrf_risk_recursion(_PLRF, [0.1], 1, []), "steps"),
+    (lambda: plrf.sgd_plrf_risk_recursion(_PLRF, [_NAN], 1, [10]), "learning_rates"),
+    (lambda: plrf.sgd_plrf_risk_recursion(_PLRF, [], 1, [10]), "learning_rates"),
+    (lambda: plrf.sgd_plrf_risk_recursion(_PLRF, [0.1], 1, [2.5]), "steps"),
+    (lambda: plrf.scheduled_learning_rate("cosine", 0.1, 10), "schedule"),
+    (lambda: plrf.scheduled_learning_rate("wsd", -0.1, 10), "learning_rate"),
+    (lambda: plrf.scheduled_learning_rate("wsd", 0.1, _INF), "horizon"),
+    (lambda: plrf.scheduled_learning_rate("wsd", 0.1, 10, decay_fraction=_NAN), "decay_fraction"),
+    (lambda: plrf.simulate_plrf(_PLRF, optax.sgd, [_NAN], 1, 10), "learning_rates"),
+    (lambda: plrf.simulate_plrf(_PLRF, optax.sgd, [-0.1], 1, 10), "learning_rates"),
+    (lambda: plrf.simulate_plrf(_PLRF, optax.sgd, [], 1, 10), "learning_rates"),
+    (lambda: plrf.simulate_plrf(_PLRF, optax.sgd, [0.1], 1, 10, num_seeds=0), "num_seeds"),
+    (lambda: plrf.simulate_plrf(_PLRF, optax.sgd, [0.1], 0, 10), "batch_size"),
+    (lambda: plrf.simulate_plrf(_PLRF, optax.sgd, [0.1], 1, 10.0), "num_steps"),
+    (lambda: plrf.simulate_plrf(_PLRF, optax.sgd, [0.1], 1, 10, horizons=[_NAN]), "horizons"),
+    (lambda: plrf.simulate_plrf(_PLRF, optax.sgd, [0.1], 1, 10, record_steps=[_NAN]),
+     "record_steps"),
+    (lambda: plrf.simulate_plrf(_PLRF, optax.sgd, [0.1], 1, 10, record_steps=[20]),
+     "record_steps"),
+    (lambda: plrf.simulate_plrf(_PLRF, optax.sgd, [0.1], 1, 10, warmup_fraction=-0.1),
+     "warmup_fraction"),
+    (lambda: plrf.simulate_plrf(_PLRF, optax.sgd, [0.1], 1, 10, seed=_NAN), "seed"),
+    (lambda: plrf.plrf_limit_risk(plrf.plrf_problem(24, 6, 1.0, 1.5, seed=[0, 1])), "problem"),
+])
+def test_plrf_functions_refuse_bad_inputs_in_one_line(call, needle):
+  with pytest.raises(ValueError) as info:
+    call()
+  message = str(info.value)
+  assert "\n" not in message and message.startswith(needle), message
+
+
+def test_stacked_feature_matrices_match_single_problems():
+  stack = plrf.plrf_problem(30, 6, 1.0, 0.7, seed=[0, 4])
+  singles = [plrf.plrf_problem(30, 6, 1.0, 0.7, seed=s) for s in (0, 4)]
+  for got, want in zip(plrf.embeddings(stack), singles):
+    np.testing.assert_array_equal(got.embedding, want.embedding)
+  assert plrf.embeddings(singles[0]) == [singles[0]]

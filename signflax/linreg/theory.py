@@ -393,9 +393,7 @@ def plrf_phase(alpha: float, beta: float) -> str:
   :math:`\\alpha < 1/4`) and IV (:math:`2\\beta > 1`, :math:`1/4 < \\alpha < 1/2`; its
   sub-phases IVa/IVb are not separated here).
   """
-  if not alpha > 0 or 2 * (alpha + beta) <= 1:
-    raise ValueError(f"alpha, beta: need alpha > 0 and 2(alpha + beta) > 1, "
-                     f"got alpha={alpha}, beta={beta}")
+  _check_plrf_exponents(alpha, beta)
   if 2 * alpha > 1:
     if 2 * beta < 1:
       return "Ia"
@@ -403,6 +401,15 @@ def plrf_phase(alpha: float, beta: float) -> str:
   if 2 * beta < 1:
     return "Ib"
   return "Ic" if alpha < 0.25 else "IV"
+
+
+def _check_plrf_exponents(alpha, beta) -> None:
+  """alpha finite > 0, beta finite, 2(alpha + beta) > 1 (a finite risk)."""
+  _checks.positive("alpha", alpha)
+  _checks.greater_than("beta", beta, -math.inf)
+  if 2 * (alpha + beta) <= 1:
+    raise ValueError(f"alpha, beta: need alpha > 0 and 2(alpha + beta) > 1, "
+                     f"got alpha={alpha}, beta={beta}")
 
 
 def plrf_sgd_loss_terms(alpha: float, beta: float, dim, steps, learning_rate=1.0):
@@ -419,6 +426,10 @@ def plrf_sgd_loss_terms(alpha: float, beta: float, dim, steps, learning_rate=1.0
   line (their Eq. (12) and the forcing / kernel asymptotics of Sec. 3). Returns the
   dict ``{"F_pp", "F_ac", "F_0", "K_pp"}`` broadcast over ``dim`` and ``steps``.
   """
+  _check_plrf_exponents(alpha, beta)
+  _checks.positive("dim", dim)
+  _checks.positive("steps", steps)
+  _checks.positive("learning_rate", learning_rate)
   if not 2 * alpha > 1:
     raise ValueError(f"alpha: the leading terms here need 2 alpha > 1, got {alpha}")
   d, r = np.broadcast_arrays(np.asarray(dim, np.float64), np.asarray(steps, np.float64))
