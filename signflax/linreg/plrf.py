@@ -136,7 +136,7 @@ def _risk(feature_std, target, embedding, theta):
   """:math:`P(\\theta)` for ``theta`` ``(..., d)`` and ``embedding`` ``(v, d)`` (or one per
   leading row, ``(S, v, d)`` with ``theta`` ``(S, C, d)``), summed in a fixed order."""
   w = embedding if embedding.ndim == 2 else embedding[:, None]
-  projected = kernels.ordered_sum(theta[..., None, :] * w, -1)               # (..., v)
+  projected = kernels.ordered_dot(theta[..., None, :], w, -1)                 # (..., v)
   residual = (projected - target) * feature_std
   return 0.5 * kernels.ordered_sum(residual * residual, -1)
 
@@ -320,8 +320,8 @@ def _run_plrf(feature_std, target, embedding, noise_std, seed_keys, embedding_in
     z, eps = jax.vmap(lambda key: _draw(key, k, batch_size, v, dtype))(seed_keys)
     x = z * feature_std                                                  # (S, B, v)
     # Every sum in kernels' fixed order: a dot's order would follow the shapes.
-    features = kernels.ordered_sum(x[..., :, None] * w[:, None], -2)     # (S, B, d)
-    labels = kernels.ordered_sum(x * target, -1) + noise_std * eps        # (S, B)
+    features = kernels.ordered_matvec(x, w[:, None])                    # (S, B, d)
+    labels = kernels.ordered_dot(x, target, -1) + noise_std * eps        # (S, B)
     grads = kernels.minibatch_gradient(features, theta, labels)
     theta, opt_state = update_all(*config, grads, opt_state, theta)
     return jax.lax.with_sharding_constraint(theta, sharding), opt_state

@@ -153,7 +153,7 @@ def _run_grid(eigenvalues, theta_star, noise_std, seed_keys, learning_rates, noi
     theta, opt_state, start = carry
     theta, opt_state = run_steps(start, stop, (theta, opt_state))
     delta = theta - theta_star
-    risk = 0.5 * kernels.ordered_sum(eigenvalues * delta * delta, -1)
+    risk = 0.5 * kernels.ordered_dot(eigenvalues * delta, delta, -1)
     return (theta, opt_state, stop), risk
 
   _, risk = jax.lax.scan(segment, (theta, opt_state, jnp.zeros((), record_steps.dtype)),
