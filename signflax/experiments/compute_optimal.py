@@ -202,7 +202,8 @@ def frontier(budgets, dims, per_size) -> dict:
 def _verdict(claim, gap: dict) -> str:
   """A direction claim (gap > 0) judged on the interval of the gap over W."""
   if claim is None:
-    return "no claim"
+    side = ("> 0" if gap["low"] > 0 else "< 0" if gap["high"] < 0 else "covers 0")
+    return f"no claim (interval {side})"
   if gap["low"] > 0:
     return "confirmed" if claim else "contradicted"
   if gap["high"] < 0:
