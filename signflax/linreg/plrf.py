@@ -299,8 +299,13 @@ def _run_plrf(feature_std, target, embedding, noise_std, seed_keys, embedding_in
   num_seeds, num_configs = seed_keys.shape[0], learning_rates.shape[0]
   _, v, d = embedding.shape
   dtype = embedding.dtype
-  # Each row's own W (S, v, d), sharded with the rows.
-  w = jax.lax.with_sharding_constraint(embedding[embedding_index], sharding)
+  # One W: shared by every row (it stays in cache). A stack: each row's own W (S, v, d),
+  # sharded with the rows. The sums' order is the same either way.
+  if embedding.shape[0] == 1:
+    w, w_rows = embedding[0], embedding[0]
+  else:
+    w = jax.lax.with_sharding_constraint(embedding[embedding_index], sharding)
+    w_rows = w[:, None]
   unit = _unit_schedule(decay_fraction, warmup_fraction)
   opt = lambda lr, h, code: optimizer_fn(lambda k: lr * unit(k, h, code))
   theta = jax.lax.with_sharding_constraint(jnp.zeros((num_seeds, num_configs, d), dtype),
@@ -320,7 +325,7 @@ def _run_plrf(feature_std, target, embedding, noise_std, seed_keys, embedding_in
     z, eps = jax.vmap(lambda key: _draw(key, k, batch_size, v, dtype))(seed_keys)
     x = z * feature_std                                                  # (S, B, v)
     # Every sum in kernels' fixed order: a dot's order would follow the shapes.
-    features = kernels.ordered_matvec(x, w[:, None])                    # (S, B, d)
+    features = kernels.ordered_matvec(x, w_rows)                        # (S, B, d)
     labels = kernels.ordered_dot(x, target, -1) + noise_std * eps        # (S, B)
     grads = kernels.minibatch_gradient(features, theta, labels)
     theta, opt_state = update_all(*config, grads, opt_state, theta)
