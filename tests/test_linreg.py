@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from signflax import cli, linreg
+from signflax import cli, config_io, linreg
 from signflax.experiments import linreg as experiment
 from signflax.optim import get_optimizer, wsd_schedule
 
