@@ -67,7 +67,8 @@ def ordered_dot(a: jnp.ndarray, b: jnp.ndarray, axis: int = -1) -> jnp.ndarray:
   """``jnp.sum(a * b, axis)`` (``a``, ``b`` broadcastable) in ``ordered_sum``'s order.
 
   ``a`` and ``b`` are padded and sliced apart and multiplied chunk by chunk, so the
-  broadcast product is never padded or stored whole (6x faster than summing it)."""
+  broadcast product is never padded or stored whole (several times faster than
+  ``ordered_sum`` of the product)."""
   shape = jnp.broadcast_shapes(a.shape, b.shape)
   axis = axis % len(shape)
   a, b = (jnp.expand_dims(x, tuple(range(len(shape) - x.ndim))) for x in (a, b))

@@ -21,8 +21,9 @@ recorded. The excess risk is recorded at given steps by a ``lax.scan`` over segm
 so memory does not grow with the step count.
 
 Reproducibility. On one backend a run's risk is bit-identical across device counts,
-process counts, seed counts and learning-rate grids, for every optimizer and both noise
-models (property-tested on XLA:CPU over random shapes). The update is elementwise per
+seed counts and learning-rate grids, for every optimizer and both noise models
+(property-tested on XLA:CPU over random shapes, 1 vs 8 devices; the summation order does
+not depend on the process count either, which is not tested). The update is elementwise per
 run, and every sum (the minibatch gradient's two, the risk's) is
 ``kernels.ordered_sum``: a fixed tree of elementwise adds whose order depends only on
 the summed length, where XLA's own reduce or dot would pick its order by the whole
