@@ -129,7 +129,7 @@ def plrf_risk(problem: PLRFProblem, theta: jnp.ndarray) -> jnp.ndarray:
   if theta.ndim < 1 or theta.shape[-1] != problem.dim or not bool(jnp.all(jnp.isfinite(theta))):
     raise ValueError(f"theta: must be finite with last axis d={problem.dim}, got shape "
                      f"{theta.shape}")
-  return _risk(problem.feature_std, problem.target, problem.embedding, theta)
+  return _risk_jit(problem.feature_std, problem.target, problem.embedding, theta)
 
 
 def _risk(feature_std, target, embedding, theta):
@@ -139,6 +139,9 @@ def _risk(feature_std, target, embedding, theta):
   projected = kernels.ordered_dot(theta[..., None, :], w, -1)                 # (..., v)
   residual = (projected - target) * feature_std
   return 0.5 * kernels.ordered_sum(residual * residual, -1)
+
+
+_risk_jit = jax.jit(_risk)   # the ordered sums are many small ops: one program, not op by op
 
 
 def _moments(problem: PLRFProblem):
