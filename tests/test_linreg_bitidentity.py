@@ -133,6 +133,7 @@ def test_plrf_runs_are_bit_identical_across_shapes_devices_grids_and_stacks():
     assert np.all(np.isfinite(full.risk)) and np.ptp(full.risk[..., -1]) > 0
 
 
+@pytest.mark.slow
 def test_every_optimizer_dispatch_runs_each_optimizer_exactly():
   """The dispatcher used above trains config i exactly as its own optimizer would."""
   problem = linreg.power_law_problem(33, 3.0, 1.5)
