@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from signflax import cli, linreg
+from signflax import cli, config_io, linreg
 from signflax.experiments import linreg as experiment
 from signflax.optim import get_optimizer, wsd_schedule
 
@@ -49,13 +49,31 @@ def test_closed_form_sgd_risk_equals_recursion():
 
 def test_data_limited_optima_have_the_predicted_exponents():
   budgets = 2.0 ** np.arange(10, 30)
-  for family, s, expected in (("sgd", 1.0, 0.5), ("sign", 1.0, 2 / 3), ("sign", 0.5, 0.5)):
-    assert linreg.data_scaling_exponent(family, s) == pytest.approx(expected)
-    law = linreg.ScalingLaw(family, s, signal=2.0, noise=0.3)
+  # Li et al. Theorems G.1-G.4: signSGD's exponents change below beta = 2, SGD's do not.
+  for family, s, beta, expected, critical in (
+      ("sgd", 1.0, 3.0, 0.5, 0.5), ("sgd", 1.0, 1.5, 0.5, 0.5),
+      ("sign", 1.0, 3.0, 2 / 3, 2 / 3), ("sign", 0.5, 3.0, 0.5, 0.5),
+      ("sign", 1.0, 2.0, 2 / 3, 2 / 3),                    # (D / log D)^(-2s/(2s+1))
+      ("sign", 1.0, 1.5, 1.5 / 2.5, 3.5 / 5),              # s b/(s b+1), (2sb+2-b)/(2sb+2)
+      ("sign", 0.4, 1.2, 0.48 / 1.48, (0.96 + 0.8) / 2.96)):
+    assert linreg.data_scaling_exponent(family, s, beta) == pytest.approx(expected)
+    assert linreg.critical_batch_exponent(family, s, beta) == pytest.approx(critical)
+    law = linreg.ScalingLaw(family, s, signal=2.0, noise=0.3, beta=beta)
     assert linreg.fit_power_law(budgets, linreg.optimal_loss(law, budgets)).exponent == (
         pytest.approx(expected, abs=1e-9))
     growth = -linreg.fit_power_law(budgets, linreg.critical_batch_size(law, budgets)).exponent
-    assert growth == pytest.approx(linreg.critical_batch_exponent(family, s), abs=1e-9)
+    assert growth == pytest.approx(critical, abs=1e-9)
+    # gamma* minimizes the law's own terms: 20% either side does worse.
+    p, q = (s, 1.0) if family == "sgd" else (2 * s, 2 / beta if beta < 2 else 1.0)
+    data = 2.0**20
+    loss = lambda g: 2.0 * (data * g) ** -p + 0.3 * g ** q * data ** (q - 1)
+    gamma = linreg.optimal_effective_learning_rate(law, data)
+    assert loss(gamma) < min(loss(0.8 * gamma), loss(1.25 * gamma))
+  # The signSGD noise term grows with the steps below beta = 2 (Theorem F.6).
+  terms = linreg.scaling_law_terms("sign", 1.0, 0.01, 4, [100, 10000], beta=1.5)
+  np.testing.assert_allclose(terms[1, 1] / terms[0, 1], 100 ** (2 / 1.5 - 1))
+  with pytest.raises(ValueError, match="beta: must be a number > 1"):
+    linreg.data_scaling_exponent("sign", 1.0, 1.0)
   # Above the critical batch size the loss follows (D/B)^-p.
   law = linreg.ScalingLaw("sign", 1.0, signal=1.0, noise=1.0)
   big = 64 * linreg.critical_batch_size(law, 2.0**20)
@@ -178,7 +196,7 @@ def test_fitted_data_scaling_exponents_match_predictions():
     sweep = linreg.budget_sweep(p, fn, budgets, batches, lrs, num_seeds=seeds)
     best, _ = linreg.best_over(linreg.seed_mean(sweep.loss), (1, 2))
     measured = linreg.fit_power_law(budgets, best).exponent
-    predicted = linreg.data_scaling_exponent(family, p.relative_difficulty)
+    predicted = linreg.data_scaling_exponent(family, p.relative_difficulty, p.beta)
     assert abs(measured - predicted) < 0.1, (family, measured, predicted)
 
 
@@ -274,7 +292,7 @@ BAD_INPUTS = [
      "budgets: must be finite and > 0"),
     ("learning_rate_grid_unknown_family", lambda: linreg.learning_rate_grid("adam", [0.1], [1]),
      "family: must be one of sgd, sign"),
-    ("exponent_s_nan", lambda: linreg.data_scaling_exponent("sign", math.nan),
+    ("exponent_s_nan", lambda: linreg.data_scaling_exponent("sign", math.nan, 3.0),
      "s: must be finite and > 0"),
     ("optimal_loss_negative_data", lambda: linreg.optimal_loss(_LAW, -1.0),
      "data: must be finite and > 0"),

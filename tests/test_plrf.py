@@ -99,6 +99,7 @@ def test_phases_and_predicted_exponents():
     ("--config.num_features=64", "config.num_features: must be >= max(dims)=128"),
     ("--config.schedules=('constant', 'cosine')", "config.schedules: unknown name 'cosine'"),
     ("--config.dims=()", "config.dims: must be a non-empty tuple"),
+    ("--config.num_embeddings=0", "config.num_embeddings: must be an integer >= 1"),
 ])
 def test_cli_rejects_bad_configs_in_one_line(override, needle, tmp_path, capsys):
   workdir = tmp_path / "run"
@@ -115,6 +116,7 @@ def test_default_config_is_valid_and_tiny_run_writes_results(tmp_path, capsys):
   workdir = tmp_path / "run"
   code = cli.main(["linreg", "--config", str(CONFIG), "--workdir", str(workdir),
                    "--config.dims=(4, 8)", "--config.num_features=16", "--config.num_seeds=2",
+                   "--config.num_embeddings=2",
                    "--config.log2_compute_min=7", "--config.log2_compute_max=9",
                    "--config.schedules=('constant', 'stable_decay')",
                    "--config.lr_points_per_octave=1", "--config.sign_lr_min=0.001",
@@ -123,5 +125,87 @@ def test_default_config_is_valid_and_tiny_run_writes_results(tmp_path, capsys):
   assert code == 0 and "linreg compute_optimal:" in out and "stable-decay" in out
   results = json.loads((workdir / "results.json").read_text())
   measured = results["results"]["noise_dominated"]["measured"]["sgd/constant"]
-  assert np.isfinite(measured["loss_exponent"])
+  # Two feature matrices (the default is 8): an exponent per W, their mean and interval.
+  eta = measured["loss_exponent"]
+  assert len(eta["values"]) == 2 and len(measured["per_embedding"]) == 2
+  assert np.isfinite(eta["mean"]) and eta["low"] <= eta["mean"] <= eta["high"]
+  assert eta["mean"] == pytest.approx(np.mean(eta["values"]))
+  assert "confirmed" in out                 # every SGD row carries a verdict
   assert (workdir / "compute_optimal.png").stat().st_size > 1000
+
+
+_PLRF = plrf.plrf_problem(24, 6, 1.0, 1.5)
+_NAN, _INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("call,needle", [
+    (lambda: theory.plrf_phase(1.0, _NAN), "beta"),
+    (lambda: theory.plrf_phase(_INF, 1.0), "alpha"),
+    (lambda: theory.plrf_phase(-1.0, 2.0), "alpha"),
+    (lambda: theory.plrf_sgd_compute_optimal(1, _NAN), "beta"),
+    (lambda: theory.plrf_sgd_loss_terms(1.0, 1.5, [16, _NAN], [10, 10]), "dim"),
+    (lambda: theory.plrf_sgd_loss_terms(1.0, 1.5, [16], [-1]), "steps"),
+    (lambda: theory.plrf_sgd_loss_terms(1.0, 1.5, [16], [10], learning_rate=0.0),
+     "learning_rate"),
+    (lambda: theory.plrf_sgd_loss_terms(1.0, 1.5, [], [10]), "dim"),
+    (lambda: theory.plrf_signsgd_claims(_NAN, 1.0), "alpha"),
+    (lambda: plrf.plrf_problem(24, 6, 1.0, _NAN), "beta"),
+    (lambda: plrf.plrf_problem(24, 5.5, 1.0, 1.5), "dim"),
+    (lambda: plrf.plrf_problem(24.0, 6, 1.0, 1.5), "num_features"),
+    (lambda: plrf.plrf_problem(24, 6, _INF, 1.5), "alpha"),
+    (lambda: plrf.plrf_problem(24, 6, 1.0, 1.5, noise_std=-0.1), "noise_std"),
+    (lambda: plrf.plrf_problem(24, 6, 1.0, 1.5, seed=[]), "seed"),
+    (lambda: plrf.plrf_problem(24, 6, 1.0, 1.5, seed=-1), "seed"),
+    (lambda: plrf.plrf_risk(_PLRF, np.full(6, _NAN)), "theta"),
+    (lambda: plrf.plrf_risk(_PLRF, np.zeros(5)), "theta"),
+    (lambda: plrf.sgd_plrf_risk_recursion(_PLRF, [0.1], 0, [10]), "batch_size"),
+    (lambda: plrf.sgd_plrf_risk_recursion(_PLRF, [0.1], 1, [-1]), "steps"),
+    (lambda: plrf.sgd_plrf_risk_recursion(_PLRF, [0.1], 1, []), "steps"),
+    (lambda: plrf.sgd_plrf_risk_recursion(_PLRF, [_NAN], 1, [10]), "learning_rates"),
+    (lambda: plrf.sgd_plrf_risk_recursion(_PLRF, [], 1, [10]), "learning_rates"),
+    (lambda: plrf.sgd_plrf_risk_recursion(_PLRF, [0.1], 1, [2.5]), "steps"),
+    (lambda: plrf.scheduled_learning_rate("cosine", 0.1, 10), "schedule"),
+    (lambda: plrf.scheduled_learning_rate("wsd", -0.1, 10), "learning_rate"),
+    (lambda: plrf.scheduled_learning_rate("wsd", 0.1, _INF), "horizon"),
+    (lambda: plrf.scheduled_learning_rate("wsd", 0.1, 10, decay_fraction=_NAN), "decay_fraction"),
+    (lambda: plrf.simulate_plrf(_PLRF, optax.sgd, [_NAN], 1, 10), "learning_rates"),
+    (lambda: plrf.simulate_plrf(_PLRF, optax.sgd, [-0.1], 1, 10), "learning_rates"),
+    (lambda: plrf.simulate_plrf(_PLRF, optax.sgd, [], 1, 10), "learning_rates"),
+    (lambda: plrf.simulate_plrf(_PLRF, optax.sgd, [0.1], 1, 10, num_seeds=0), "num_seeds"),
+    (lambda: plrf.simulate_plrf(_PLRF, optax.sgd, [0.1], 0, 10), "batch_size"),
+    (lambda: plrf.simulate_plrf(_PLRF, optax.sgd, [0.1], 1, 10.0), "num_steps"),
+    (lambda: plrf.simulate_plrf(_PLRF, optax.sgd, [0.1], 1, 10, horizons=[_NAN]), "horizons"),
+    (lambda: plrf.simulate_plrf(_PLRF, optax.sgd, [0.1], 1, 10, record_steps=[_NAN]),
+     "record_steps"),
+    (lambda: plrf.simulate_plrf(_PLRF, optax.sgd, [0.1], 1, 10, record_steps=[20]),
+     "record_steps"),
+    (lambda: plrf.simulate_plrf(_PLRF, optax.sgd, [0.1], 1, 10, warmup_fraction=-0.1),
+     "warmup_fraction"),
+    (lambda: plrf.simulate_plrf(_PLRF, optax.sgd, [0.1], 1, 10, seed=_NAN), "seed"),
+    (lambda: plrf.plrf_limit_risk(plrf.plrf_problem(24, 6, 1.0, 1.5, seed=[0, 1])), "problem"),
+])
+def test_plrf_functions_refuse_bad_inputs_in_one_line(call, needle):
+  with pytest.raises(ValueError) as info:
+    call()
+  message = str(info.value)
+  assert "\n" not in message and message.startswith(needle), message
+
+
+def test_stacked_feature_matrices_match_single_problems():
+  stack = plrf.plrf_problem(30, 6, 1.0, 0.7, seed=[0, 4])
+  singles = [plrf.plrf_problem(30, 6, 1.0, 0.7, seed=s) for s in (0, 4)]
+  for got, want in zip(plrf.embeddings(stack), singles):
+    np.testing.assert_array_equal(got.embedding, want.embedding)
+  assert plrf.embeddings(singles[0]) == [singles[0]]
+
+
+def test_interval_and_verdicts_over_feature_matrices():
+  summary = compute_optimal.interval([0.60, 0.62, 0.64, 0.66])
+  assert summary["mean"] == pytest.approx(0.63)
+  # t(0.975, 3) = 3.182; sd = 0.0258; half width = 3.182 * 0.0258 / 2 = 0.041.
+  assert summary["half_width"] == pytest.approx(0.0411, abs=2e-4)
+  assert (summary["min"], summary["max"]) == (0.60, 0.66)
+  assert compute_optimal.verdict_against(0.65, summary) == "confirmed"
+  verdict = compute_optimal.verdict_against(0.75, summary)
+  assert verdict.startswith("not confirmed (mean -0.120") and "misses by 0.079" in verdict
+  assert compute_optimal.interval([0.7])["half_width"] == float("inf")

@@ -24,6 +24,7 @@ import pathlib
 import time
 
 import numpy as np
+from scipy import stats
 
 from signflax import linreg
 from signflax.experiments import linreg as lab
@@ -99,6 +100,7 @@ def validate(config) -> None:
   if lab._need(config, "noise_std") < 0:
     lab._fail("noise_std", "must be >= 0", config.noise_std)
   _positive_int(config, "num_seeds")
+  _positive_int(config, "num_embeddings")
   _positive_int(config, "num_devices", 0)
   lab._need(config, "seed")
 
@@ -117,17 +119,23 @@ def budget_grid(config) -> np.ndarray:
   return 2 ** np.arange(config.log2_compute_min, config.log2_compute_max + 1)
 
 
+def embedding_seeds(config) -> list[int]:
+  """Seeds of the feature matrices W: ``seed, seed + 1, ...`` (``num_embeddings`` of them)."""
+  return [config.seed + e for e in range(config.num_embeddings)]
+
+
 def sweep_case(config, case) -> np.ndarray:
-  """Seed-mean loss ``(optimizer, schedule, d, F, lr)`` of one case; +inf where a run
-  diverged. Per (d, optimizer): one program with every schedule x horizon x lr."""
+  """Seed-mean loss ``(W, optimizer, schedule, d, F, lr)`` of one case, per feature
+  matrix W; +inf where a run diverged. Per (d, optimizer): one program with every W x
+  seed (the run axis) and every schedule x horizon x lr (the config axis)."""
   budgets, dims = budget_grid(config), np.asarray(config.dims)
   n_lr = max(_learning_rates(config, n).size for n in config.optimizers)
-  loss = np.full((len(config.optimizers), len(config.schedules), dims.size, budgets.size, n_lr),
-                 np.inf)
+  loss = np.full((config.num_embeddings, len(config.optimizers), len(config.schedules),
+                  dims.size, budgets.size, n_lr), np.inf)
   devices = lab._devices(config)
   for i_d, d in enumerate(dims):
     problem = plrf.plrf_problem(config.num_features, int(d), case.alpha, case.beta,
-                                noise_std=config.noise_std, seed=config.seed)
+                                noise_std=config.noise_std, seed=embedding_seeds(config))
     steps = budgets // (d * config.batch_size)                  # samples F / d, in steps
     record = np.unique(steps)
     for i_o, name in enumerate(config.optimizers):
@@ -141,12 +149,34 @@ def sweep_case(config, case) -> np.ndarray:
                                   warmup_fraction=config.warmup_fraction,
                                   num_seeds=config.num_seeds, seed=config.seed,
                                   record_steps=record, devices=devices)
-      mean = linreg.seed_mean(result.risk)                       # (C, R)
+      mean = linreg.seed_mean(result.risk, axis=1)                # (W, C, R)
       for i_s, s in enumerate(config.schedules):
         for i_f, k in enumerate(steps):
           pick = (sched == s) & ((horizons == k) | (sched == "constant"))
-          loss[i_o, i_s, i_d, i_f, :lrs.size] = mean[pick, np.searchsorted(record, k)]
+          loss[:, i_o, i_s, i_d, i_f, :lrs.size] = mean[:, pick, np.searchsorted(record, k)]
   return loss
+
+
+def interval(values, confidence: float = 0.95) -> dict:
+  """Mean over feature matrices W with a Student-t confidence interval, and the range."""
+  values = np.asarray(values, np.float64)
+  mean = float(np.mean(values))
+  if values.size < 2:
+    half = math.inf
+  else:
+    half = float(stats.t.ppf(0.5 + confidence / 2, values.size - 1)
+                 * np.std(values, ddof=1) / math.sqrt(values.size))
+  return dict(mean=mean, half_width=half, low=mean - half, high=mean + half,
+              min=float(np.min(values)), max=float(np.max(values)), values=values.tolist())
+
+
+def verdict_against(prediction: float, summary: dict) -> str:
+  """"confirmed" where the interval over W covers the prediction, else the gap."""
+  if summary["low"] <= prediction <= summary["high"]:
+    return "confirmed"
+  gap = summary["mean"] - prediction
+  edge = summary["high"] - prediction if gap < 0 else summary["low"] - prediction
+  return f"not confirmed (mean {gap:+.3f}; interval misses by {abs(edge):.3f})"
 
 
 def frontier(budgets, dims, per_size) -> dict:
@@ -169,12 +199,16 @@ def frontier(budgets, dims, per_size) -> dict:
               interior=bool(np.all((index > 0) & (index < len(dims) - 1))))
 
 
-def _verdict(claim, measured_gap: float, tolerance: float) -> str:
+def _verdict(claim, gap: dict) -> str:
+  """A direction claim (gap > 0) judged on the interval of the gap over W."""
   if claim is None:
-    return "no claim"
-  if measured_gap > tolerance:
-    return "confirmed"
-  return "contradicted" if measured_gap < -tolerance else "inconclusive"
+    side = ("> 0" if gap["low"] > 0 else "< 0" if gap["high"] < 0 else "covers 0")
+    return f"no claim (interval {side})"
+  if gap["low"] > 0:
+    return "confirmed" if claim else "contradicted"
+  if gap["high"] < 0:
+    return "contradicted" if claim else "consistent (no advantage)"
+  return "inconclusive (interval covers 0)"
 
 
 # ----------------------------------------------------------------------------- run
@@ -194,30 +228,38 @@ def run(config, workdir) -> int:
   rows, claim_rows, summary, arrays = [], [], {}, {"budgets": budgets, "dims": dims}
   with EventWriter(out / "tb") as tb:
     for row, (case_name, case) in enumerate(config.cases.items()):
-      loss = sweep_case(config, case)                              # (O, S, d, F, lr)
+      loss = sweep_case(config, case)                              # (W, O, S, d, F, lr)
       arrays[f"{case_name}_loss"] = loss
-      tuned = np.min(loss, axis=-1)                                # (O, S, d, F)
+      tuned = np.min(loss, axis=-1)                                # (W, O, S, d, F)
       prediction = theory.plrf_sgd_compute_optimal(case.alpha, case.beta)
       claims = theory.plrf_signsgd_claims(case.alpha, case.beta)
       fronts = {}
       for i_o, name in enumerate(names):
         for i_s, sched in enumerate(schedules):
-          front = frontier(budgets, dims, tuned[i_o, i_s])
+          per_w = [frontier(budgets, dims, tuned[w, i_o, i_s]) for w in range(tuned.shape[0])]
+          front = dict(per_embedding=per_w,
+                       loss_exponent=interval([f["loss_exponent"] for f in per_w]),
+                       dim_exponent=interval([f["dim_exponent"] for f in per_w]),
+                       interior_fraction=float(np.mean([f["interior"] for f in per_w])))
           fronts[name, sched] = front
           is_sgd = name == "sgd"
+          eta, xi = front["loss_exponent"], front["dim_exponent"]
           rows.append([case_name, prediction.phase, name, sched,
                        f"{prediction.loss_exponent:.3f}" if is_sgd else "-",
-                       f"{front['loss_exponent']:.3f} +- {front['loss_stderr']:.3f}",
+                       _show(eta), verdict_against(prediction.loss_exponent, eta)
+                       if is_sgd else "-",
                        f"{prediction.dim_exponent:.3f}" if is_sgd else "-",
-                       f"{front['dim_exponent']:.3f} +- {front['dim_stderr']:.3f}",
-                       "yes" if front["interior"] else "no", f"{front['best_loss'][-1]:.3e}"])
-          for f, value in zip(budgets, front["best_loss"]):
+                       _show(xi), verdict_against(prediction.dim_exponent, xi)
+                       if is_sgd else "-", f"{front['interior_fraction']:.2f}"])
+          best = np.exp(np.mean(np.log([f["best_loss"] for f in per_w]), axis=0))
+          for f, value in zip(budgets, best):
             tb.scalar(f"compute_optimal/{case_name}/{name}/{sched}/frontier", value, int(f))
           ax = axes[row, i_o * len(schedules) + i_s]
+          mean_tuned = np.exp(np.mean(np.log(tuned[:, i_o, i_s]), axis=0))
           for i_d, d in enumerate(dims):
-            ax.loglog(budgets, tuned[i_o, i_s, i_d], "-", lw=1, alpha=0.8, label=f"d={d}")
-          ax.loglog(budgets, front["best_loss"], "k--", lw=1.5,
-                    label=f"frontier F^-{front['loss_exponent']:.2f}")
+            ax.loglog(budgets, mean_tuned[i_d], "-", lw=1, alpha=0.8, label=f"d={d}")
+          ax.loglog(budgets, best, "k--", lw=1.5,
+                    label=f"frontier F^-{eta['mean']:.2f} (mean over W)")
           ax.set_title(f"{case_name} ({prediction.phase}): {name}, {sched}", fontsize=7)
           ax.set_xlabel("compute F = d x samples", fontsize=7)
           ax.legend(fontsize=5)
@@ -225,17 +267,19 @@ def run(config, workdir) -> int:
           alpha=case.alpha, beta=case.beta, phase=prediction.phase,
           predicted_sgd=prediction._asdict(), claims=claims,
           measured={f"{n}/{s}": fr for (n, s), fr in fronts.items()})
+      print(f"  {case_name}: done ({time.time() - start:.0f} s)", flush=True)
       claim_rows += _claim_rows(case_name, claims, fronts, names, schedules)
   axes[0, 0].set_ylabel("loss, lr tuned per (d, F)")
   lab._save_figure(fig, out / "compute_optimal.png")
   elapsed = time.time() - start
   table = lab._table(["case", "phase", "optimizer", "schedule", "SGD predicted eta",
-                      "measured eta", "SGD predicted xi", "measured xi", "d* interior",
-                      "frontier loss at F_max"], rows)
+                      "measured eta (mean +- 95% CI over W) [min, max]", "verdict",
+                      "SGD predicted xi", "measured xi", "verdict",
+                      "d* interior (fraction of W)"], rows)
   claims_table = lab._table(["case", "statement", "measured", "verdict"], claim_rows)
   print(f"linreg compute_optimal: v={config.num_features} d={tuple(config.dims)} "
         f"F=2^{config.log2_compute_min}..2^{config.log2_compute_max} B={config.batch_size} "
-        f"seeds={config.num_seeds} devices={len(lab._devices(config))} ({elapsed:.1f} s)")
+        f"seeds={config.num_seeds} W={config.num_embeddings} devices={len(lab._devices(config))} ({elapsed:.1f} s)")
   print(table)
   print(claims_table)
   payload = dict(experiment="compute_optimal", config=config.to_dict(), seconds=elapsed,
@@ -246,16 +290,22 @@ def run(config, workdir) -> int:
   return 0
 
 
-def _claim_rows(case_name, claims, fronts, names, schedules, tolerance: float = 0.02):
-  """Kim et al.'s statements checked on the measured frontier exponents."""
+def _show(summary: dict) -> str:
+  return (f"{summary['mean']:.3f} +- {summary['half_width']:.3f} "
+          f"[{summary['min']:.3f}, {summary['max']:.3f}]")
+
+
+def _claim_rows(case_name, claims, fronts, names, schedules):
+  """Kim et al.'s statements checked on the frontier exponents, W by W: the gap's mean
+  and interval over W decide."""
   rows = []
-  slope = lambda n, s: fronts[n, s]["loss_exponent"]
+  slope = lambda n, s: np.asarray(fronts[n, s]["loss_exponent"]["values"])
   if "sgd" in names and "sign_sgd" in names and "constant" in schedules:
-    gap = slope("sign_sgd", "constant") - slope("sgd", "constant")
-    rows.append([case_name, "signSGD slope steeper than SGD (constant lr)", f"{gap:+.3f}",
-                 _verdict(claims["sign_steeper_than_sgd"], gap, tolerance)])
+    gap = interval(slope("sign_sgd", "constant") - slope("sgd", "constant"))
+    rows.append([case_name, "signSGD slope steeper than SGD (constant lr)", _show(gap),
+                 _verdict(claims["sign_steeper_than_sgd"], gap)])
   if "sign_sgd" in names and {"constant", "stable_decay"} <= set(schedules):
-    gap = slope("sign_sgd", "stable_decay") - slope("sign_sgd", "constant")
-    rows.append([case_name, "stable-decay steepens signSGD's slope", f"{gap:+.3f}",
-                 _verdict(claims["stable_decay_steeper"], gap, tolerance)])
+    gap = interval(slope("sign_sgd", "stable_decay") - slope("sign_sgd", "constant"))
+    rows.append([case_name, "stable-decay steepens signSGD's slope", _show(gap),
+                 _verdict(claims["stable_decay_steeper"], gap)])
   return rows

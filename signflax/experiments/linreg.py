@@ -220,7 +220,8 @@ def _fit_law(config, name: str, sweep: linreg.BudgetSweep, mean) -> linreg.Scali
   steps = sweep.budgets[:, None, None] // sweep.batch_sizes[None, :, None]
   return linreg.fit_scaling_law(FAMILY[name], problem.relative_difficulty,
                                 sweep.learning_rates[None], sweep.batch_sizes[None, :, None],
-                                steps, mean, initial=linreg.initial_risk(problem))
+                                steps, mean, initial=linreg.initial_risk(problem),
+                                beta=problem.beta)
 
 
 def _exact_sgd_loss(config, name: str, sweep: linreg.BudgetSweep):
@@ -301,7 +302,7 @@ def _data_scaling(config, out: pathlib.Path, tb: EventWriter) -> dict:
     best, (b_idx, lr_idx) = linreg.best_over(mean, (1, 2))
     fit = linreg.fit_power_law(sweep.budgets, best)
     flag_cell, resonance = _resonances(sweep)
-    predicted = linreg.data_scaling_exponent(family, s)
+    predicted = linreg.data_scaling_exponent(family, s, _problem(config).beta)
     law = _fit_law(config, name, sweep, mean)
     exact_loss = _exact_sgd_loss(config, name, sweep)
     exact = None if exact_loss is None else linreg.fit_power_law(
@@ -356,7 +357,7 @@ def _batch_scaling(config, out: pathlib.Path, tb: EventWriter) -> dict:
     if exact_loss is not None:
       exact_critical = _critical_batches(sweep, linreg.best_over(exact_loss, 2)[0])
       exact_growth = -linreg.fit_power_law(sweep.budgets, exact_critical).exponent
-    predicted = linreg.critical_batch_exponent(family, s)
+    predicted = linreg.critical_batch_exponent(family, s, _problem(config).beta)
     law = _fit_law(config, name, sweep, mean)
     predicted_critical = float(linreg.critical_batch_size(law, sweep.budgets[-1]))
     rows.append([name, f"{predicted:.3f}", f"{growth:.3f}",

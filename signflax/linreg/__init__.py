@@ -12,10 +12,14 @@ Simulation (``simulator``, ``sweeps``):
   seed axis sharded over devices; NOISE_MODELS; log_spaced_steps; seed_mesh;
   budget_sweep(...) -> BudgetSweep -- loss over data budgets x batch sizes x lrs;
   learning_rate_grid (linear / square-root rules).
+Fixed-order sums (``kernels``): ordered_sum, ordered_dot, minibatch_gradient -- the
+  summation order depends on the summed length only, so runs are bit-identical whatever
+  shares their program (both simulators use them).
 Theory (``theory``):
   sgd_expected_risk (closed form), sgd_risk_recursion (exact, both noise models),
   ScalingLaw, scaling_law_terms, predicted_loss, regime,
-  data_scaling_exponent, critical_batch_exponent, optimal_effective_learning_rate,
+  data_scaling_exponent(family, s, beta), critical_batch_exponent(family, s, beta)
+  (Li et al. Theorems G.1-G.4, including 1 < beta <= 2), optimal_effective_learning_rate,
   optimal_loss, critical_batch_size, signsgd_risk_ode (Xiao et al.; arcsine or
   linearized drift).
 Analysis (``analysis``):

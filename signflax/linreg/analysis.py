@@ -3,6 +3,7 @@ constants and critical batch sizes."""
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -73,13 +74,14 @@ def best_over(loss, axes) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
 
 
 def fit_scaling_law(family: str, s: float, learning_rates, batch_sizes, steps, loss,
-                    initial: float = 1.0) -> theory.ScalingLaw:
+                    initial: float = 1.0, *, beta: float = math.inf) -> theory.ScalingLaw:
   """Fits the constants of ``theory.predicted_loss`` to measured losses.
 
   The law is linear in its constants, so this is a least-squares fit of relative
   error (each row divided by the measured loss) over the finite points with
   :math:`\\eta k \\ge 1` (outside burn-in) and, for SGD, :math:`\\eta \\le 1/2` (the law
-  has no instability term); constants that come out
+  has no instability term); ``beta`` picks the signSGD noise term's form
+  (``theory.scaling_law_terms``); constants that come out
   negative are dropped (set to 0) and the rest refitted.
   """
   eta, batch, k, loss = (np.asarray(a, np.float64).ravel() for a in
@@ -89,7 +91,8 @@ def fit_scaling_law(family: str, s: float, learning_rates, batch_sizes, steps, l
     ok &= eta <= 0.5        # the law has no term for SGD's instability at eta ~ 1
   if not ok.any():
     raise ValueError("fit_scaling_law: no finite points outside burn-in")
-  terms = theory.scaling_law_terms(family, s, eta[ok], batch[ok], k[ok]) / loss[ok, None]
+  terms = theory.scaling_law_terms(family, s, eta[ok], batch[ok], k[ok],
+                                   beta=beta) / loss[ok, None]
   target = np.ones(ok.sum())
   active = np.ones(terms.shape[1], bool)
   coef = np.zeros(terms.shape[1])
@@ -100,7 +103,7 @@ def fit_scaling_law(family: str, s: float, learning_rates, batch_sizes, steps, l
       break
     active &= coef > 0
   names = ("signal", "noise") if family == "sgd" else ("signal", "noise", "oscillation")
-  return theory.ScalingLaw(family, float(s), initial=float(initial),
+  return theory.ScalingLaw(family, float(s), initial=float(initial), beta=float(beta),
                            **{n: float(c) for n, c in zip(names, coef)})
 
 

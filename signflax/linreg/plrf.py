@@ -33,6 +33,7 @@ import optax
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from signflax.linreg import _checks, kernels
 from signflax.linreg.simulator import seed_mesh
 from signflax.optim import wsd_schedule
 
@@ -71,32 +72,76 @@ class PLRFProblem(NamedTuple):
 
 
 def plrf_problem(num_features: int, dim: int, alpha: float, beta: float, *,
-                 noise_std: float = 0.0, seed: int = 0, dtype=jnp.float32) -> PLRFProblem:
+                 noise_std: float = 0.0, seed=0, dtype=jnp.float32) -> PLRFProblem:
   """Builds the PLRF problem with v = ``num_features`` and d = ``dim``; ``W`` is drawn from
-  ``PRNGKey(seed)`` folded with d, so each model size has its own embedding."""
-  if not alpha > 0:
-    raise ValueError(f"alpha: must be > 0, got {alpha}")
-  if dim < 1:
-    raise ValueError(f"dim: must be >= 1, got {dim}")
+  ``PRNGKey(seed)`` folded with d, so each model size has its own embedding.
+
+  ``seed`` may also be a sequence of E seeds: ``embedding`` is then a stack ``(E, v, d)``
+  of the E feature matrices (``simulate_plrf`` trains every one in the same program)."""
+  _checks.integer("num_features", num_features, 1)
+  _checks.integer("dim", dim, 1)
+  _checks.positive("alpha", alpha)
+  _checks.greater_than("beta", beta, -np.inf)
+  _checks.non_negative("noise_std", noise_std)
   if num_features < dim:
     raise ValueError(f"num_features: must be >= dim={dim} (v >= d), got {num_features}")
   if 2 * (alpha + beta) <= 1:
     raise ValueError(f"alpha, beta: need 2(alpha + beta) > 1 for a finite risk, "
                      f"got alpha={alpha}, beta={beta}")
-  if noise_std < 0:
-    raise ValueError(f"noise_std: must be >= 0, got {noise_std}")
+  stacked = np.ndim(seed) > 0
+  seeds = np.atleast_1d(np.asarray(seed, object))
+  if seeds.size == 0 or seeds.ndim != 1:
+    raise ValueError(f"seed: must be an integer >= 0 or a non-empty list of them, got {seed!r}")
+  for s in seeds.tolist():
+    _checks.integer("seed", s, 0)
   j = np.arange(1, num_features + 1, dtype=np.float64)
-  key = jax.random.fold_in(jax.random.PRNGKey(seed), dim)
-  embedding = jax.random.normal(key, (num_features, dim), dtype) / np.sqrt(dim)
+  draw = lambda s: jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(s), dim),
+                                     (num_features, dim), dtype) / np.sqrt(dim)
+  embedding = jnp.stack([draw(s) for s in seeds.tolist()]) if stacked else draw(seeds[0])
   return PLRFProblem(jnp.asarray(j ** -alpha, dtype), jnp.asarray(j ** -beta, dtype),
                      embedding, float(noise_std), float(alpha), float(beta))
+
+
+def embeddings(problem: PLRFProblem) -> list[PLRFProblem]:
+  """The problems of a stack ``(E, v, d)`` one by one (a single problem: itself)."""
+  if problem.embedding.ndim == 2:
+    return [problem]
+  return [problem._replace(embedding=w) for w in problem.embedding]
+
+
+def _check_problem(problem) -> None:
+  if not isinstance(problem, PLRFProblem):
+    raise ValueError(f"problem: must be a PLRFProblem (plrf_problem), got {type(problem).__name__}")
+
+
+def _check_single(problem) -> None:
+  _check_problem(problem)
+  if problem.embedding.ndim != 2:
+    raise ValueError("problem: must have one feature matrix W (v, d); split a stack with "
+                     "plrf.embeddings")
 
 
 def plrf_risk(problem: PLRFProblem, theta: jnp.ndarray) -> jnp.ndarray:
   """Exact population risk :math:`\\tfrac12\\|D^{1/2}(W\\theta - b)\\|^2` (module
   docstring); reduces over the last axis of ``theta`` ``(..., d)``."""
-  residual = (theta @ problem.embedding.T - problem.target) * problem.feature_std
-  return 0.5 * jnp.sum(residual * residual, axis=-1)
+  _check_single(problem)
+  theta = jnp.asarray(theta, problem.embedding.dtype)
+  if theta.ndim < 1 or theta.shape[-1] != problem.dim or not bool(jnp.all(jnp.isfinite(theta))):
+    raise ValueError(f"theta: must be finite with last axis d={problem.dim}, got shape "
+                     f"{theta.shape}")
+  return _risk_jit(problem.feature_std, problem.target, problem.embedding, theta)
+
+
+def _risk(feature_std, target, embedding, theta):
+  """:math:`P(\\theta)` for ``theta`` ``(..., d)`` and ``embedding`` ``(v, d)`` (or one per
+  leading row, ``(S, v, d)`` with ``theta`` ``(S, C, d)``), summed in a fixed order."""
+  w = embedding if embedding.ndim == 2 else embedding[:, None]
+  projected = kernels.ordered_dot(theta[..., None, :], w, -1)                 # (..., v)
+  residual = (projected - target) * feature_std
+  return 0.5 * kernels.ordered_sum(residual * residual, -1)
+
+
+_risk_jit = jax.jit(_risk)   # the ordered sums are many small ops: one program, not op by op
 
 
 def _moments(problem: PLRFProblem):
@@ -110,6 +155,7 @@ def _moments(problem: PLRFProblem):
 def plrf_limit_risk(problem: PLRFProblem) -> float:
   """:math:`\\min_\\theta P(\\theta)` -- the capacity floor :math:`F_0(d)` of Paquette
   et al. Eq. (12) at this W (float64 least squares)."""
+  _check_single(problem)
   kernel, cross, bias = _moments(problem)
   theta = np.linalg.lstsq(kernel, cross, rcond=None)[0]
   return 0.5 * float(bias - cross @ theta)
@@ -136,6 +182,10 @@ def sgd_plrf_risk_recursion(problem: PLRFProblem, learning_rates, batch_size: in
   Returns:
     ``(n_lr, n_steps)`` expected risk at ``steps``.
   """
+  _check_single(problem)
+  _checks.positive("learning_rates", learning_rates)
+  _checks.integer("batch_size", batch_size, 1)
+  _check_steps("steps", steps)
   kernel, cross, bias = _moments(problem)
   steps = np.asarray(steps, np.int64)
   eta = np.atleast_1d(np.asarray(learning_rates, np.float64))[:, None]       # (L, 1)
@@ -143,6 +193,14 @@ def sgd_plrf_risk_recursion(problem: PLRFProblem, learning_rates, batch_size: in
   with np.errstate(all="ignore"):  # a divergent step size overflows to inf / nan
     out = _iterate_moments(kernel, cross, bias, eta, inv_b, noise, steps)
   return np.where(np.isfinite(out) & (out >= 0), out, np.inf)  # < 0: overflowed
+
+
+def _check_steps(name: str, steps) -> None:
+  """A non-empty 1-D list of integers >= 0."""
+  _checks.non_negative(name, steps)
+  values = np.asarray(steps, np.float64)
+  if values.ndim != 1 or np.any(values % 1):
+    raise ValueError(f"{name}: must be a 1-D list of integers >= 0, got {steps!r}")
 
 
 def _iterate_moments(kernel, cross, bias, eta, inv_b, noise, steps):
@@ -198,15 +256,29 @@ def _unit_schedule(decay_fraction: float, warmup_fraction: float):
   return unit
 
 
+def _check_fractions(decay_fraction, warmup_fraction) -> None:
+  _checks.positive("decay_fraction", decay_fraction)
+  _checks.non_negative("warmup_fraction", warmup_fraction)
+  if decay_fraction > 1:
+    raise ValueError(f"decay_fraction: must be in (0, 1], got {decay_fraction!r}")
+  if warmup_fraction >= 1 - decay_fraction:
+    raise ValueError(f"warmup_fraction: must be in [0, 1 - decay_fraction), got "
+                     f"{warmup_fraction!r}")
+
+
 def scheduled_learning_rate(schedule: str, learning_rate, horizon, *,
                             decay_fraction: float = 0.2,
                             warmup_fraction: float = 0.05) -> optax.Schedule:
   """Step -> learning rate of one run: constant, ``signflax.optim.wsd_schedule`` ending
   at ``horizon`` (``"wsd"``, warmup ``warmup_fraction``) or the same without warmup
   (``"stable_decay"``, Kim et al. 2026 Sec. 5). ``learning_rate`` and ``horizon`` may be
-  traced."""
-  if schedule not in SCHEDULES:
-    raise ValueError(f"schedule: must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+  traced (then they are not checked)."""
+  _checks.choice("schedule", schedule, SCHEDULES)
+  if not isinstance(learning_rate, jax.core.Tracer):
+    _checks.non_negative("learning_rate", learning_rate)
+  if not isinstance(horizon, jax.core.Tracer):
+    _checks.positive("horizon", horizon)
+  _check_fractions(decay_fraction, warmup_fraction)
   unit = _unit_schedule(decay_fraction, warmup_fraction)
   code = SCHEDULES.index(schedule)
   return lambda step: learning_rate * unit(step, jnp.asarray(horizon, jnp.float32), code)
@@ -221,13 +293,22 @@ def _draw(key, step, batch_size: int, num_features: int, dtype):
 
 @functools.partial(jax.jit, static_argnames=("optimizer_fn", "batch_size", "decay_fraction",
                                              "warmup_fraction", "sharding"))
-def _run_plrf(feature_std, target, embedding, noise_std, seed_keys, learning_rates, horizons,
-              codes, record_steps, *, optimizer_fn: OptimizerFn, batch_size: int,
-              decay_fraction: float, warmup_fraction: float, sharding: NamedSharding):
-  """Runs ``(S, C)`` runs to ``record_steps[-1]``; returns the risk ``(R, S, C)``."""
+def _run_plrf(feature_std, target, embedding, noise_std, seed_keys, embedding_index,
+              learning_rates, horizons, codes, record_steps, *, optimizer_fn: OptimizerFn,
+              batch_size: int, decay_fraction: float, warmup_fraction: float,
+              sharding: NamedSharding):
+  """Runs ``(S, C)`` runs to ``record_steps[-1]``, run row s on feature matrix
+  ``embedding[embedding_index[s]]``; returns the risk ``(R, S, C)``."""
   num_seeds, num_configs = seed_keys.shape[0], learning_rates.shape[0]
-  v, d = embedding.shape
+  _, v, d = embedding.shape
   dtype = embedding.dtype
+  # One W: shared by every row (it stays in cache). A stack: each row's own W (S, v, d),
+  # sharded with the rows. The sums' order is the same either way.
+  if embedding.shape[0] == 1:
+    w, w_rows = embedding[0], embedding[0]
+  else:
+    w = jax.lax.with_sharding_constraint(embedding[embedding_index], sharding)
+    w_rows = w[:, None]
   unit = _unit_schedule(decay_fraction, warmup_fraction)
   opt = lambda lr, h, code: optimizer_fn(lambda k: lr * unit(k, h, code))
   theta = jax.lax.with_sharding_constraint(jnp.zeros((num_seeds, num_configs, d), dtype),
@@ -245,19 +326,18 @@ def _run_plrf(feature_std, target, embedding, noise_std, seed_keys, learning_rat
   def step(k, carry):
     theta, opt_state = carry
     z, eps = jax.vmap(lambda key: _draw(key, k, batch_size, v, dtype))(seed_keys)
-    x = z * feature_std                                            # (S, B, v)
-    features = x @ embedding                                       # (S, B, d)
-    labels = x @ target + noise_std * eps                          # (S, B)
-    residual = jnp.einsum("sbd,scd->scb", features, theta) - labels[:, None, :]
-    grads = jnp.einsum("sbd,scb->scd", features, residual) / batch_size
+    x = z * feature_std                                                  # (S, B, v)
+    # Every sum in kernels' fixed order: a dot's order would follow the shapes.
+    features = kernels.ordered_matvec(x, w_rows)                        # (S, B, d)
+    labels = kernels.ordered_dot(x, target, -1) + noise_std * eps        # (S, B)
+    grads = kernels.minibatch_gradient(features, theta, labels)
     theta, opt_state = update_all(*config, grads, opt_state, theta)
     return jax.lax.with_sharding_constraint(theta, sharding), opt_state
 
   def segment(carry, stop):
     theta, opt_state, start = carry
     theta, opt_state = jax.lax.fori_loop(start, stop, step, (theta, opt_state))
-    residual = (theta @ embedding.T - target) * feature_std
-    return (theta, opt_state, stop), 0.5 * jnp.sum(residual * residual, axis=-1)
+    return (theta, opt_state, stop), _risk(feature_std, target, w, theta)
 
   _, risk = jax.lax.scan(segment, (theta, opt_state, jnp.zeros((), record_steps.dtype)),
                          record_steps)
@@ -272,7 +352,8 @@ def simulate_plrf(problem: PLRFProblem, optimizer_fn: OptimizerFn, learning_rate
   """Trains seeds x configs on ``problem`` in one jitted program.
 
   Args:
-    problem: the PLRF problem.
+    problem: the PLRF problem, or a stack of E feature matrices
+      (``plrf_problem(..., seed=[...])``): every seed then runs on every W.
     optimizer_fn: ``learning_rate -> optax.GradientTransformation`` (``optax.sgd``,
       ``optax.sign_sgd``, ``lambda lr: signflax.optim.get_optimizer("signum", lr)``...);
       it receives a traced scalar or, for a schedule, a step -> rate function. Reuse one
@@ -286,38 +367,65 @@ def simulate_plrf(problem: PLRFProblem, optimizer_fn: OptimizerFn, learning_rate
       and stable-decay runs share one program.
     decay_fraction, warmup_fraction: WSD shape (warmup only for ``"wsd"``).
     num_seeds, seed: run ``i`` draws step k's samples from
-      ``fold_in(fold_in(PRNGKey(seed), i), k)``, independent of devices and configs.
+      ``fold_in(fold_in(PRNGKey(seed), i), k)``, independent of devices, configs and W
+      (every W of a stack sees the same samples).
     record_steps: increasing steps at which to record (``num_steps`` appended).
-    devices: devices of the mesh the seed axis is sharded over (default: all).
+    devices: devices of the mesh the run axis (W x seeds) is sharded over (default: all).
 
   Returns:
-    ``PLRFResult`` with risk ``(num_seeds, C, n_record)``.
+    ``PLRFResult`` with risk ``(num_seeds, C, n_record)``, or ``(E, num_seeds, C,
+    n_record)`` for a stack of E feature matrices. Every run's risk is bit-identical
+    whatever the device count, seed count, configs and stack it shares the program with.
   """
-  names = np.broadcast_to(np.asarray(schedules, object), np.shape(np.atleast_1d(learning_rates)))
-  for name in set(names.tolist()):
-    if name not in SCHEDULES:
-      raise ValueError(f"schedules: must be one of {', '.join(SCHEDULES)}, got {name!r}")
-  codes = np.asarray([SCHEDULES.index(n) for n in names.tolist()], np.int32)
-  if batch_size < 1 or num_steps < 1:
-    raise ValueError(f"batch_size, num_steps: must be >= 1, got {batch_size}, {num_steps}")
+  _check_problem(problem)
+  _checks.non_negative("learning_rates", learning_rates)
   lrs = np.atleast_1d(np.asarray(learning_rates, np.float64))
-  horizons = np.full(lrs.shape, num_steps) if horizons is None else np.asarray(horizons)
-  if horizons.shape != lrs.shape or np.any(horizons < 1):
-    raise ValueError("horizons: must be >= 1 and shaped like learning_rates")
+  if lrs.ndim != 1:
+    raise ValueError(f"learning_rates: must be a 1-D list, got shape {lrs.shape}")
+  names = np.asarray(schedules, object)
+  if names.ndim > 1 or (names.ndim == 1 and names.shape != lrs.shape):
+    raise ValueError(f"schedules: must be one name or one per learning rate ({lrs.size}), "
+                     f"got {schedules!r}")
+  names = np.broadcast_to(names, lrs.shape)
+  for name in set(names.tolist()):
+    _checks.choice("schedules", name, SCHEDULES)
+  codes = np.asarray([SCHEDULES.index(n) for n in names.tolist()], np.int32)
+  _checks.integer("batch_size", batch_size, 1)
+  _checks.integer("num_steps", num_steps, 1)
+  _checks.integer("num_seeds", num_seeds, 1)
+  _checks.integer("seed", seed, 0)
+  _check_fractions(decay_fraction, warmup_fraction)
+  if horizons is None:
+    horizons = np.full(lrs.shape, num_steps)
+  else:
+    _checks.positive("horizons", horizons)
+    horizons = np.asarray(horizons, np.float64)
+    if horizons.shape != lrs.shape:
+      raise ValueError(f"horizons: must be shaped like learning_rates {lrs.shape}, got "
+                       f"{horizons.shape}")
+  if record_steps is not None:
+    _check_steps("record_steps", record_steps)
   steps = np.asarray([num_steps] if record_steps is None else record_steps, np.int64)
-  if steps[-1] != num_steps:
+  if steps.size == 0 or steps[-1] != num_steps:
     steps = np.append(steps, num_steps)
-  if np.any(np.diff(steps) < 0) or steps[0] < 0:
+  if np.any(np.diff(steps) < 0) or steps[-1] > num_steps:
     raise ValueError("record_steps: must be non-decreasing and within [0, num_steps]")
+  stack = problem.embedding if problem.embedding.ndim == 3 else problem.embedding[None]
+  num_w = stack.shape[0]
   mesh = seed_mesh(devices)
-  padded = -(-num_seeds // mesh.devices.size) * mesh.devices.size
+  rows = num_w * num_seeds
+  padded = -(-rows // mesh.devices.size) * mesh.devices.size
+  row = np.arange(padded)
+  seed_index = row % num_seeds                      # padding rows repeat real runs
+  w_index = np.minimum(row // num_seeds, num_w - 1)
   seed_keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.PRNGKey(seed),
-                                                       jnp.arange(padded))
+                                                       jnp.asarray(seed_index))
   runs, replicated = NamedSharding(mesh, P("runs")), NamedSharding(mesh, P())
   dtype = problem.embedding.dtype
-  args = jax.device_put((problem.feature_std, problem.target, problem.embedding,
-                         jnp.asarray(problem.noise_std, dtype), ), replicated)
+  args = jax.device_put((problem.feature_std, problem.target, stack,
+                         jnp.asarray(problem.noise_std, dtype)), replicated)
   risk = _run_plrf(*args, jax.device_put(seed_keys, runs),
+                   jax.device_put(jnp.asarray(w_index, jnp.int32), runs),
                    jax.device_put(jnp.asarray(lrs, dtype), replicated),
                    jax.device_put(jnp.asarray(horizons, jnp.float32), replicated),
                    jax.device_put(jnp.asarray(codes), replicated),
@@ -327,6 +435,7 @@ def simulate_plrf(problem: PLRFProblem, optimizer_fn: OptimizerFn, learning_rate
                    sharding=runs)
   if jax.process_count() > 1:
     risk = multihost_utils.process_allgather(risk, tiled=True)
-  risk = np.moveaxis(np.asarray(risk)[:, :num_seeds], 0, -1)      # (S, C, R)
-  return PLRFResult(steps=steps, risk=risk, learning_rates=lrs, horizons=horizons,
-                    schedules=names)
+  risk = np.moveaxis(np.asarray(risk)[:, :rows], 0, -1)          # (E * S, C, R)
+  risk = risk.reshape((num_w, num_seeds) + risk.shape[1:])
+  return PLRFResult(steps=steps, risk=risk if problem.embedding.ndim == 3 else risk[0],
+                    learning_rates=lrs, horizons=horizons, schedules=names)

@@ -21,12 +21,14 @@ recorded. The excess risk is recorded at given steps by a ``lax.scan`` over segm
 so memory does not grow with the step count.
 
 Reproducibility. On one backend a run's risk is bit-identical across device counts,
-seed counts and learning-rate grids, for every optimizer and both noise models (tested
-on XLA:CPU for sign_sgd, momentum and adamw). The update is elementwise per run, and
-the minibatch gradient's two reductions are written as multiply + sum, whose order
-does not depend on how many runs share the call (a batched ``einsum`` lowers to a dot
-whose summation order does: 2e-7 to 1e-6 relative drift for SGD, momentum and adamw).
-Different backends (CPU vs GPU) and XLA versions may round differently.
+seed counts and learning-rate grids, for every optimizer and both noise models
+(property-tested on XLA:CPU over random shapes, 1 vs 8 devices; the summation order does
+not depend on the process count either, which is not tested). The update is elementwise per
+run, and every sum (the minibatch gradient's two, the risk's) is
+``kernels.ordered_sum``: a fixed tree of elementwise adds whose order depends only on
+the summed length, where XLA's own reduce or dot would pick its order by the whole
+operand's shape (see ``signflax.linreg.kernels``). Different backends (CPU vs GPU) and
+XLA versions may round differently.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import optax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from signflax.linreg import _checks
+from signflax.linreg import _checks, kernels
 from signflax.linreg.problems import PowerLawProblem
 
 NOISE_MODELS = ("hessian_aligned", "minibatch")
@@ -106,13 +108,7 @@ def _noisy_gradients(eigenvalues, theta_star, noise_std, z, theta, noise_scales,
     return (eigenvalues * delta
             + noise_scales[None, :, None] * jnp.sqrt(eigenvalues) * z[:, None, :])
   features = jnp.sqrt(eigenvalues) * z[0]                          # (S, B, d)
-  label_noise = noise_std * z[1]                                    # (S, B)
-  # Reductions as multiply + sum rather than einsum: XLA picks a dot algorithm (and with
-  # it the summation order) by operand shape, so a dot's rounding would depend on how
-  # many seeds and configs share the call; a reduce sums in the same order for each run.
-  residual = (jnp.sum(features[:, None, :, :] * delta[:, :, None, :], axis=-1)
-              - label_noise[:, None, :])                                       # (S, C, B)
-  return jnp.sum(features[:, None, :, :] * residual[..., None], axis=2) / features.shape[1]
+  return kernels.minibatch_gradient(features, delta, noise_std * z[1])
 
 
 @functools.partial(jax.jit, static_argnames=("optimizer_fn", "noise_model", "minibatch_size",
@@ -158,7 +154,7 @@ def _run_grid(eigenvalues, theta_star, noise_std, seed_keys, learning_rates, noi
     theta, opt_state, start = carry
     theta, opt_state = run_steps(start, stop, (theta, opt_state))
     delta = theta - theta_star
-    risk = 0.5 * jnp.sum(eigenvalues * delta * delta, axis=-1)
+    risk = 0.5 * kernels.ordered_dot(eigenvalues * delta, delta, -1)
     return (theta, opt_state, stop), risk
 
   _, risk = jax.lax.scan(segment, (theta, opt_state, jnp.zeros((), record_steps.dtype)),

@@ -14,10 +14,12 @@
 from __future__ import annotations
 
 import functools
+import math
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+
 import numpy as np
 
 from signflax.linreg import _checks
@@ -137,6 +139,8 @@ class ScalingLaw(NamedTuple):
     noise: :math:`C`, the coefficient of :math:`\\eta/B` (SGD) or :math:`\\eta/\\sqrt{B}` (sign).
     oscillation: :math:`C_o`, the coefficient of :math:`\\eta^2` (sign, unstable regime).
     initial: :math:`L_0 = L(0)`, the burn-in level.
+    beta: capacity exponent :math:`\\beta`; below 2 the signSGD noise term grows with
+      the steps (``scaling_law_terms``). ``inf`` (default): the :math:`\\beta > 2` form.
   """
   family: str
   s: float
@@ -144,23 +148,35 @@ class ScalingLaw(NamedTuple):
   noise: float = 1.0
   oscillation: float = 1.0
   initial: float = 1.0
+  beta: float = math.inf
 
 
-def scaling_law_terms(family: str, s: float, learning_rate, batch_size, steps):
+def scaling_law_terms(family: str, s: float, learning_rate, batch_size, steps, *,
+                      beta: float = math.inf):
   """The basis terms of the scaling laws, stacked on the last axis.
 
-  SGD: :math:`[(\\eta k)^{-s},\\ \\eta/B]`. signSGD (Theorem 3.1):
-  :math:`[(\\eta\\sqrt{B}k)^{-2s},\\ \\eta/\\sqrt{B},\\ \\eta^2]`.
+  SGD: :math:`[(\\eta k)^{-s},\\ \\eta/B]` for every :math:`\\beta > 1`. signSGD (Li et
+  al. 2026, Theorem 3.1 and Theorem F.6):
+  :math:`[(\\eta\\sqrt{B}k)^{-2s},\\ N,\\ \\eta^2]` with the noise term
+  :math:`N = \\eta/\\sqrt{B}` for :math:`\\beta > 2`,
+  :math:`(\\eta/\\sqrt{B})\\log(\\eta\\sqrt{B}k)` at :math:`\\beta = 2` and
+  :math:`(\\eta/\\sqrt{B})(\\eta\\sqrt{B}k)^{2/\\beta - 1}` for :math:`1 < \\beta < 2`.
   """
   _check_family(family)
   _checks.positive("s", s)
+  _check_beta(beta)
   _check_grid(learning_rate, batch_size, steps)
   eta, batch, k = (np.asarray(x, np.float64) for x in
                    np.broadcast_arrays(learning_rate, batch_size, steps))
   if family == "sgd":
     return np.stack([(eta * k) ** -s, eta / batch], axis=-1)
-  return np.stack([(eta * np.sqrt(batch) * k) ** (-2 * s), eta / np.sqrt(batch), eta**2],
-                  axis=-1)
+  reach = eta * np.sqrt(batch) * k
+  noise = eta / np.sqrt(batch)
+  if beta == 2:
+    noise = noise * np.log(np.maximum(reach, np.e))
+  elif beta < 2:
+    noise = noise * np.maximum(reach, 1.0) ** (2 / beta - 1)
+  return np.stack([reach ** (-2 * s), noise, eta**2], axis=-1)
 
 
 def regime(learning_rate, batch_size, steps) -> np.ndarray:
@@ -179,7 +195,8 @@ def predicted_loss(law: ScalingLaw, learning_rate, batch_size, steps) -> np.ndar
   the last two terms each dominate in their own regime (scaling, unstable), so the
   sum equals Theorem 3.1's piecewise form up to a factor of two.
   """
-  terms = scaling_law_terms(law.family, law.s, learning_rate, batch_size, steps)
+  terms = scaling_law_terms(law.family, law.s, learning_rate, batch_size, steps,
+                            beta=law.beta)
   if law.family == "sgd":
     return terms @ np.array([law.signal, law.noise])
   loss = terms @ np.array([law.signal, law.noise, law.oscillation])
@@ -187,57 +204,82 @@ def predicted_loss(law: ScalingLaw, learning_rate, batch_size, steps) -> np.ndar
   return np.where(eta_k < 1, np.maximum(law.initial * (1 - eta_k) ** 2, loss), loss)
 
 
-def data_scaling_exponent(family: str, s: float) -> float:
-  """Best loss over (:math:`\\eta`, B) at data budget D decays as :math:`D^{-e}`:
-  :math:`e = 2s/(2s+1)` (signSGD), :math:`s/(s+1)` (SGD). Li et al. (2026) App. B.3.2."""
-  _check_family(family)
-  p = _signal_power(family, s)
-  return p / (p + 1)
+def data_scaling_exponent(family: str, s: float, beta: float) -> float:
+  r"""Best loss over (:math:`\eta`, B) at data budget D decays as :math:`D^{-e}`.
+
+  signSGD (Li et al. 2026, Theorem G.1): :math:`e = 2s/(2s+1)` for :math:`\beta > 2`;
+  at :math:`\beta = 2` the loss is :math:`(D/\log D)^{-2s/(2s+1)}` (the exponent of D
+  is still :math:`2s/(2s+1)`, up to the log); :math:`e = s\beta/(s\beta+1)` for
+  :math:`1 < \beta < 2`. SGD (Theorem G.2): :math:`e = s/(s+1)` for every
+  :math:`\beta > 1`.
+  """
+  p, q = _powers(family, s, beta)
+  return p / (p + q)
 
 
-def critical_batch_exponent(family: str, s: float) -> float:
-  """Critical batch size :math:`B^* \\propto D^{c}`: :math:`c = 2s/(2s+1)` (signSGD),
-  :math:`s/(s+1)` (SGD). Li et al. (2026) App. B.3.3."""
-  return data_scaling_exponent(family, s)
+def critical_batch_exponent(family: str, s: float, beta: float) -> float:
+  r"""Critical batch size :math:`B^* \propto D^{c}` (Li et al. 2026, Theorems G.3, G.4).
+
+  signSGD: :math:`c = 2s/(2s+1)` for :math:`\beta > 2` (times
+  :math:`(\log D)^{1/(2s+1)}` at :math:`\beta = 2`), :math:`c = (2s\beta + 2 - \beta)
+  / (2s\beta + 2)` for :math:`1 < \beta < 2`. SGD: :math:`c = s/(s+1)`.
+  """
+  p, q = _powers(family, s, beta)
+  return (p + q - 1) / (p + q)
 
 
 def optimal_effective_learning_rate(law: ScalingLaw, data):
-  """:math:`\\gamma^* = \\arg\\min_\\gamma A(D\\gamma)^{-p} + C\\gamma
-  = (pAD^{-p}/C)^{1/(p+1)}`, with :math:`p = s` (SGD) or :math:`2s` (sign)."""
-  p = _signal_power(law.family, law.s)
+  r""":math:`\gamma^* = \arg\min_\gamma A(D\gamma)^{-p} + C\gamma^q D^{q-1}
+  = (pAD^{1-p-q}/(qC))^{1/(p+q)}`, with :math:`p = s` (SGD) or :math:`2s` (sign) and
+  :math:`q = 2/\beta` for signSGD at :math:`1 < \beta < 2`, else 1 (the log at
+  :math:`\beta = 2` is dropped). :math:`\gamma = \eta/B` (SGD) or :math:`\eta/\sqrt{B}`."""
+  p, q = _powers(law.family, law.s, law.beta)
   _checks.positive("data", data)
   data = np.asarray(data, np.float64)
-  return (p * law.signal * data ** -p / law.noise) ** (1 / (p + 1))
+  return (p * law.signal * data ** (1 - p - q) / (q * law.noise)) ** (1 / (p + q))
 
 
 def optimal_loss(law: ScalingLaw, data, batch_size=1, stability: float = 1.0):
-  """Data-limited optimum :math:`E^*_D(B)` in the scaling regime (App. B.3.2-3).
+  """Data-limited optimum :math:`E^*_D(B)` in the scaling regime (App. G.1-G.2).
 
-  Minimizes :math:`A(D\\gamma)^{-p} + C\\gamma` over :math:`\\gamma \\le \\gamma_{max}(B)`,
-  where stability caps :math:`\\eta \\lesssim 1/\\sqrt{B}` (sign) or :math:`\\eta \\lesssim 1`
+  Minimizes :math:`A(D\\gamma)^{-p} + C\\gamma^q D^{q-1}` over
+  :math:`\\gamma \\le \\gamma_{max}(B)` (``optimal_effective_learning_rate``), where
+  stability caps :math:`\\eta \\lesssim 1/\\sqrt{B}` (sign) or :math:`\\eta \\lesssim 1`
   (SGD), i.e. :math:`\\gamma_{max} = c/B` in both cases (``stability`` = c). Below the
-  critical batch size :math:`B^* = c/\\gamma^*` the loss is :math:`(1 + 1/p)C\\gamma^*
-  \\propto D^{-p/(p+1)}`; above it, :math:`\\approx A(D/B)^{-p}`.
+  critical batch size :math:`B^* = c/\\gamma^*` the loss is :math:`\\propto
+  D^{-p/(p+q)}`; above it, :math:`\\approx A(D/B)^{-p}`.
   """
-  p = _signal_power(law.family, law.s)
+  p, q = _powers(law.family, law.s, law.beta)
   _checks.positive("batch_size", batch_size)
   _checks.positive("stability", stability)
   data = np.asarray(data, np.float64)
   gamma = np.minimum(optimal_effective_learning_rate(law, data),
                      stability / np.asarray(batch_size, np.float64))
-  return law.signal * (data * gamma) ** -p + law.noise * gamma
+  return law.signal * (data * gamma) ** -p + law.noise * gamma ** q * data ** (q - 1)
 
 
 def critical_batch_size(law: ScalingLaw, data, stability: float = 1.0):
-  """:math:`B^*_D = c/\\gamma^*_D \\propto D^{p/(p+1)}` (Li et al. 2026, App. B.3.3)."""
+  """:math:`B^*_D = c/\\gamma^*_D \\propto D^{(p+q-1)/(p+q)}` (Li et al. 2026, App. G.2)."""
   _checks.positive("stability", stability)
   return stability / optimal_effective_learning_rate(law, data)
 
 
-def _signal_power(family: str, s: float) -> float:
+def _powers(family: str, s: float, beta: float) -> tuple[float, float]:
+  """(p, q): the signal term's power :math:`(D\\gamma)^{-p}` and the noise term's
+  :math:`\\gamma^q D^{q-1}` (:math:`q = 2/\\beta` for signSGD below :math:`\\beta = 2`)."""
   _check_family(family)
   _checks.positive("s", s)
-  return s if family == "sgd" else 2 * s
+  _check_beta(beta)
+  if family == "sgd":
+    return s, 1.0
+  return 2 * s, (2 / beta if beta < 2 else 1.0)
+
+
+def _check_beta(beta) -> None:
+  """:math:`\\beta > 1` (the spectrum's trace is finite), inf allowed."""
+  x = np.asarray(beta, np.float64) if not isinstance(beta, str) else np.nan
+  if np.ndim(x) or np.isnan(x) or x <= 1:
+    raise ValueError(f"beta: must be a number > 1 (inf allowed), got {beta!r}")
 
 
 def _check_family(family: str) -> None:
@@ -351,9 +393,7 @@ def plrf_phase(alpha: float, beta: float) -> str:
   :math:`\\alpha < 1/4`) and IV (:math:`2\\beta > 1`, :math:`1/4 < \\alpha < 1/2`; its
   sub-phases IVa/IVb are not separated here).
   """
-  if not alpha > 0 or 2 * (alpha + beta) <= 1:
-    raise ValueError(f"alpha, beta: need alpha > 0 and 2(alpha + beta) > 1, "
-                     f"got alpha={alpha}, beta={beta}")
+  _check_plrf_exponents(alpha, beta)
   if 2 * alpha > 1:
     if 2 * beta < 1:
       return "Ia"
@@ -361,6 +401,15 @@ def plrf_phase(alpha: float, beta: float) -> str:
   if 2 * beta < 1:
     return "Ib"
   return "Ic" if alpha < 0.25 else "IV"
+
+
+def _check_plrf_exponents(alpha, beta) -> None:
+  """alpha finite > 0, beta finite, 2(alpha + beta) > 1 (a finite risk)."""
+  _checks.positive("alpha", alpha)
+  _checks.greater_than("beta", beta, -math.inf)
+  if 2 * (alpha + beta) <= 1:
+    raise ValueError(f"alpha, beta: need alpha > 0 and 2(alpha + beta) > 1, "
+                     f"got alpha={alpha}, beta={beta}")
 
 
 def plrf_sgd_loss_terms(alpha: float, beta: float, dim, steps, learning_rate=1.0):
@@ -377,6 +426,10 @@ def plrf_sgd_loss_terms(alpha: float, beta: float, dim, steps, learning_rate=1.0
   line (their Eq. (12) and the forcing / kernel asymptotics of Sec. 3). Returns the
   dict ``{"F_pp", "F_ac", "F_0", "K_pp"}`` broadcast over ``dim`` and ``steps``.
   """
+  _check_plrf_exponents(alpha, beta)
+  _checks.positive("dim", dim)
+  _checks.positive("steps", steps)
+  _checks.positive("learning_rate", learning_rate)
   if not 2 * alpha > 1:
     raise ValueError(f"alpha: the leading terms here need 2 alpha > 1, got {alpha}")
   d, r = np.broadcast_arrays(np.asarray(dim, np.float64), np.asarray(steps, np.float64))

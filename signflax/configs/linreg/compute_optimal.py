@@ -44,6 +44,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.sign_lr_max = 2.0**-4
   c.lr_points_per_octave = 1
   c.num_seeds = 8
+  c.num_embeddings = 8                  # feature matrices W (seeds seed..seed+7); exponents
+                                        # are reported as mean +- 95% CI over W
   c.seed = 0
   c.num_devices = 0                     # 0 = all devices
   return c
