@@ -409,19 +409,22 @@ class Checkpointer:
       device-to-host copy (and the checksums).
     checksum: store a checksum per array in ``extra`` and verify it on restore.
     restore_tries: attempts per checkpoint on a transient read error (>= 1).
-    retry_delay_s: the first wait between attempts; doubled after each.
+    retry_delay_s: the first wait between attempts; doubled after each ...
+    retry_max_delay_s: ... up to this.
     clean_leftovers: first remove unfinished saves and set half-deleted steps aside
       (see ``remove_leftovers``); only when no other live process uses ``directory``.
   """
 
   def __init__(self, directory: str | pathlib.Path, *, keep: int = 3, keep_period: int = 0,
                async_save: bool = True, checksum: bool = True, restore_tries: int = 3,
-               retry_delay_s: float = 1.0, clean_leftovers: bool = False):
+               retry_delay_s: float = 1.0, retry_max_delay_s: float = 30.0,
+               clean_leftovers: bool = False):
     if restore_tries < 1:
       raise ValueError(f"restore_tries: must be >= 1, got {restore_tries!r}")
     self.directory = (storage.path(directory) if storage.is_remote(directory)
                       else storage.path(pathlib.Path(directory).absolute()))
     self.checksum, self.restore_tries, self.retry_delay_s = checksum, restore_tries, retry_delay_s
+    self.retry_max_delay_s = retry_max_delay_s
     self.error_log = self.directory.parent / ERROR_LOG
     self._room_warned = False
     quiet_background_noise()
@@ -573,7 +576,7 @@ class Checkpointer:
         _warn(f"reading the checkpoint at step {step} failed ({_first_line(e, 120)}); "
               f"retrying in {delay:g}s")
         time.sleep(delay)
-        delay *= 2
+        delay = min(2 * delay, self.retry_max_delay_s)
 
   def restore_latest(self, abstract_state: Any,
                      labels: tuple[str, str] = ("optimizer", "optimizer")) -> Restored | None:

@@ -32,7 +32,7 @@ UNUSABLE = ("model.", "optimizer.name")
 MODEL_COMPUTE_ONLY = ("model.dtype", "model.attention_impl", "model.remat")
 # Changing these makes the resumed run a different experiment than the one the earlier
 # steps belong to; allowed only when asked for (--allow-config-change).
-GUARDED = ("train.seed", "data.seed")
+GUARDED = ("train.seed",)
 # Never compared: how this particular run is started.
 IGNORED = ("distributed.",)
 

@@ -70,7 +70,6 @@ def validate(config) -> None:
                     process_count=jax.process_count())
   vocab = data_lib.build_tokenizer(config.data).vocab_size
   cfg = setup_lib.transformer_config(config, vocab)
-  cfg.check()
   if cfg.vocab_size < vocab:
     raise ValueError(f"config.model.vocab_size: {cfg.vocab_size} is smaller than the "
                      f"tokenizer's {vocab} (set it to None to follow the tokenizer)")
@@ -289,7 +288,7 @@ def _checkpointer(config, workdir: epath.Path) -> checkpoint_lib.Checkpointer:
   return checkpoint_lib.Checkpointer(
       workdir / "checkpoints", keep=c.keep, keep_period=c.keep_period, async_save=c.async_save,
       checksum=c.checksum, restore_tries=c.restore_tries, retry_delay_s=c.retry_delay_s,
-      clean_leftovers=True)
+      retry_max_delay_s=c.retry_max_delay_s, clean_leftovers=True)
 
 
 def _resume_config_error(saved: dict | None, config, allow_change: bool
