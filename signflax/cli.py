@@ -76,7 +76,7 @@ def run_config_command(command: str, argv: Sequence[str]) -> int:
     return _report_error(command, one_line(e))
   result = (module.run(config, workdir, allow_config_change=True) if allow_change
             else module.run(config, workdir))
-  return int(result or 0)
+  return outcomes.exit_code(result)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -60,6 +60,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from signflax import optim
+from signflax import outcomes
 from signflax import storage
 
 STATE, EXTRA = "state", "extra"
@@ -73,7 +74,7 @@ ERROR_LOG = "checkpoint_errors.log"
 CORRUPT_DIR = "corrupt_checkpoints"
 
 
-class IncompatibleCheckpointError(ValueError):
+class IncompatibleCheckpointError(outcomes.IncompatibleCheckpoint):
   """The checkpoint holds a different model or optimizer (names, shapes or dtypes)."""
 
 
@@ -81,12 +82,16 @@ class CorruptCheckpointError(RuntimeError):
   """A checkpoint's files are missing, truncated, or fail their checksums."""
 
 
-class TransientCheckpointError(RuntimeError):
+class TransientCheckpointError(outcomes.TransientIO):
   """Reading a checkpoint kept failing with an error that may pass (I/O, memory)."""
 
 
-class CheckpointSaveError(RuntimeError):
+class CheckpointSaveError(outcomes.SaveFailed):
   """A save failed (disk full, file too large, ...); the message is one line."""
+
+
+class NoReadableCheckpoint(outcomes.BadInput):
+  """Every checkpoint in the directory is corrupt (nothing was moved)."""
 
 
 @dataclasses.dataclass
@@ -452,6 +457,7 @@ class Checkpointer:
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           handler_registry=registry)
     self._pending_bytes = 0
+    self._closed = False
 
   def all_steps(self) -> list[int]:
     """Committed steps, oldest first (unfinished temporary directories are not steps)."""
@@ -502,7 +508,11 @@ class Checkpointer:
       raise self._save_error(e) from e
 
   def close(self) -> None:
-    """Waits for the last async save; raises CheckpointSaveError if it failed."""
+    """Waits for the last async save; raises CheckpointSaveError if it failed. Closing
+    again does nothing."""
+    if self._closed:
+      return
+    self._closed = True
     try:
       self._manager.wait_until_finished()
       self._manager.check_for_errors()
@@ -605,7 +615,7 @@ class Checkpointer:
         _warn(f"resumed from step {step}; corrupt checkpoint(s) moved to "
               f"{', '.join(map(str, moved))}")
       return restored
-    raise RuntimeError(f"none of the checkpoints {steps} in {self.directory} restores; "
+    raise NoReadableCheckpoint(f"none of the checkpoints {steps} in {self.directory} restores; "
                        f"see the warnings above and {self.error_log} (nothing was moved)")
 
   def _brief(self, e: BaseException) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 
 import jax
 
+from signflax import outcomes
 from signflax import storage
 
 CONFIG_FILE = "config.json"
@@ -37,7 +38,7 @@ GUARDED = ("train.seed",)
 IGNORED = ("distributed.",)
 
 
-class WorkdirBusyError(RuntimeError):
+class WorkdirBusyError(outcomes.BadInput):
   """Another live process holds the workdir."""
 
 
@@ -191,16 +192,24 @@ class StartGuard:
 # ---------------------------------------------------------------------------- compile cache
 
 
-def compilation_cache_dir(workdir: storage.PathLike, configured: str | None) -> str | None:
-  """The persistent compilation cache: ``configured``, or ``WORKDIR/../.jax_cache`` when
-  None (``gs://`` too: JAX reads and writes its cache through epath, so a pod's
-  recreated VMs find it); ``""`` turns it off (None returned)."""
+def default_compilation_cache_dir() -> str:
+  """The per-user compilation cache: ``$JAX_COMPILATION_CACHE_DIR`` when set, else
+  ``$XDG_CACHE_HOME/signflax/jax`` (``~/.cache/signflax/jax``)."""
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    return os.environ["JAX_COMPILATION_CACHE_DIR"]
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "signflax", "jax")
+
+
+def compilation_cache_dir(configured: str | None) -> str | None:
+  """The persistent compilation cache ``config.train.compilation_cache_dir`` names:
+  itself (``gs://`` too: JAX reads and writes its cache through epath), or
+  ``default_compilation_cache_dir()`` when None; ``""`` turns it off (None returned).
+  Never a directory derived from the workdir."""
   if configured == "":
     return None
   if configured is None:
-    if storage.is_remote(workdir):
-      return os.fspath(storage.path(workdir).parent / ".jax_cache")
-    return str(pathlib.Path(workdir).absolute().parent / ".jax_cache")
+    configured = default_compilation_cache_dir()
   if storage.is_remote(configured):
     return configured
   return str(pathlib.Path(configured).expanduser().absolute())

@@ -33,6 +33,7 @@ from etils import epath
 
 from signflax import data as data_lib
 from signflax import metric_writers
+from signflax import outcomes
 from signflax import model as model_lib
 from signflax import parallel
 from signflax import storage
@@ -253,7 +254,7 @@ def _warn_if_disk_short(workdir: epath.Path, checkpoint_bytes: int) -> None:
     existing = existing.parent
   free = shutil.disk_usage(existing).free
   if free < checkpoint_bytes:
-    _log(f"signflax train: warning: {free / 2**20:.0f} MiB free under {existing}, less than "
+    _log(f"warning: {free / 2**20:.0f} MiB free under {existing}, less than "
          f"one checkpoint of this model (~{checkpoint_bytes / 2**20:.0f} MiB)")
 
 
@@ -274,12 +275,6 @@ def _workdir_error(workdir: epath.Path, config) -> str | None:
             "another config and no checkpoint to resume from; choose a new directory "
             "(nothing was changed)")
   return None
-
-
-def _error(message: str) -> int:
-  """Reports a run that cannot go on as one line; returns exit code 2."""
-  print(f"signflax train: error: {message}", file=sys.stderr, flush=True)
-  return 2
 
 
 def _checkpointer(config, workdir: epath.Path) -> checkpoint_lib.Checkpointer:
@@ -309,8 +304,9 @@ def _resume_config_error(saved: dict | None, config, allow_change: bool
 
 
 def _restore(job: setup_lib.Run, ckpt, workdir, allow_change: bool):
-  """(restored or None, config changes or None); raises ValueError (exit 2) for a
-  checkpoint or config change this run cannot take."""
+  """(restored or None, config changes or None); raises IncompatibleCheckpoint or
+  BadInput (exit 2) for a checkpoint or config change this run cannot take, TransientIO
+  for a checkpoint unreadable for now."""
   config = job.config
   saved = recovery.read_saved_config(workdir) if ckpt.all_steps() else None
   labels = ((saved or {}).get("optimizer", {}).get("name", "saved"), config.optimizer.name)
@@ -323,7 +319,7 @@ def _restore(job: setup_lib.Run, ckpt, workdir, allow_change: bool):
       pass
   error, changes = _resume_config_error(saved, config, allow_change)
   if error:
-    raise ValueError(error)
+    raise outcomes.BadInput(error)
   return ckpt.restore_latest(_checkpointed(job.abstract_state), labels), changes
 
 
@@ -355,7 +351,7 @@ def _record_config(workdir, config, restored, changes) -> None:
   path = workdir / recovery.CONFIG_FILE
   if restored is not None and changes and path.exists():
     accepted = changes.guarded + changes.allowed
-    _log(f"signflax train: warning: config changed since the checkpoint at step "
+    _log(f"warning: config changed since the checkpoint at step "
          f"{restored.step}: {changes.describe(accepted)} (history in "
          f"{workdir / recovery.HISTORY_FILE})")
     recovery.append_history(workdir, restored.step, accepted)
@@ -368,23 +364,26 @@ class _Stopped(Exception):
   """A signal arrived before the first step: leave without training."""
 
 
-def run(config, workdir: str, *, allow_config_change: bool = False) -> int:
-  """Trains ``config`` and writes results to ``workdir``; returns the exit code.
+def run(config, workdir: str, *, allow_config_change: bool = False) -> outcomes.Finished:
+  """Trains ``config`` and writes results to ``workdir``; returns how the run ended.
 
   ``config`` is validated (``validate``). Resumes from ``workdir/checkpoints``
-  when it holds a checkpoint. Exit codes: 0 done or stopped by SIGTERM
-  (checkpoint saved), 130 stopped by SIGINT, 1 non-finite loss, a failed save,
-  or a checkpoint unreadable for now (transient: nothing moved, start again), 2
-  bad workdir, an incompatible checkpoint, or a config change the checkpoint
-  cannot take (``train.seed`` needs ``allow_config_change``); nothing in the
-  workdir is changed then. A fresh run that fails or is stopped before its
-  first checkpoint leaves the workdir reusable (``recovery.StartGuard``).
+  when it holds a checkpoint. Returns ``Finished.DONE`` (trained, or nothing left
+  to do), ``PREEMPTED`` (SIGTERM: checkpoint saved) or ``INTERRUPTED`` (SIGINT:
+  checkpoint saved). Raises (``signflax.outcomes``): ``Diverged`` for a
+  non-finite loss, ``SaveFailed`` for a failed save, ``TransientIO`` for a
+  checkpoint unreadable for now (nothing moved: start again), ``BadInput`` for a
+  bad or busy workdir, and ``IncompatibleCheckpoint`` or ``BadInput`` for a
+  checkpoint or config change this run cannot take (``train.seed`` needs
+  ``allow_config_change``); nothing in the workdir is changed then. A fresh run
+  that fails or is stopped before its first checkpoint leaves the workdir
+  reusable (``recovery.StartGuard``).
   """
   storage.configure_clients()  # before the first gs:// access (an emulator, if set)
   workdir = storage.path(workdir)
   error = _workdir_error(workdir, config)
   if error:
-    return _error(error)
+    raise outcomes.BadInput(error)
   # Signals first, so one during set-up, compilation or the first eval counts too.
   stopper = preemption.PreemptionHandler(
       check_every=config.checkpoint.preemption_check_every)
@@ -394,16 +393,13 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> int:
     stopper.install()  # jax.distributed may have put its own SIGTERM handler in place
     is_main = jax.process_index() == 0
     if is_main and workdir.is_dir() and not storage.is_remote(workdir):
-      try:
-        stack.callback(recovery.WorkdirLock.acquire(workdir).release)
-      except recovery.WorkdirBusyError as e:
-        return _error(str(e))
+      stack.callback(recovery.WorkdirLock.acquire(workdir).release)
     recovery.enable_compilation_cache(
-        recovery.compilation_cache_dir(workdir, config.train.compilation_cache_dir))
+        recovery.compilation_cache_dir(config.train.compilation_cache_dir))
     return _run(config, workdir, stopper, stack, allow_config_change)
 
 
-def _run(config, workdir, stopper, stack, allow_config_change) -> int:
+def _run(config, workdir, stopper, stack, allow_config_change) -> outcomes.Finished:
   t = config.train
   is_main = jax.process_index() == 0
   tokenizer = data_lib.build_tokenizer(config.data)
@@ -413,24 +409,25 @@ def _run(config, workdir, stopper, stack, allow_config_change) -> int:
                                    for x in jax.tree.leaves(job.abstract_state)))
   stack.enter_context(jax.set_mesh(job.mesh))
   ckpt = _checkpointer(config, workdir)
+  # However the run ends, the checkpointer is closed: its background saves finish or fail
+  # now, not at interpreter exit.
+  stack.callback(_close_quietly, ckpt)
   try:
     restored, changes = _restore(job, ckpt, workdir, allow_config_change)
-  except checkpoint_lib.TransientCheckpointError as e:
-    print(f"signflax train: error: {e}", file=sys.stderr, flush=True)
-    return 1
-  except (ValueError, RuntimeError) as e:  # incompatible, config change, none restores
-    return _error(str(e).replace("\n", " "))
+  except outcomes.SignflaxError:
+    raise
+  except (ValueError, RuntimeError) as e:  # anything else a checkpoint can't be resumed for
+    raise outcomes.BadInput(outcomes.one_line(e)) from e
   if restored is not None and int(restored.state.step) >= t.steps:
     _log(f"nothing to do: {workdir} holds a checkpoint at step {int(restored.state.step)} "
          f">= config.train.steps={t.steps}")
-    ckpt.close()
-    return 0
+    return outcomes.Finished.DONE
   state = (job.init_state() if restored is None
            else _with_config_hyperparams(restored.state, job))
 
   # Only now is the workdir written to: every check that could refuse the run has passed.
   guard = recovery.StartGuard(workdir) if restored is None else None
-  writer, stopped_early = None, False
+  writer = None
   try:
     if is_main:
       workdir.mkdir(parents=True, exist_ok=True)
@@ -440,33 +437,47 @@ def _run(config, workdir, stopper, stack, allow_config_change) -> int:
       _record_config(workdir, config, restored, changes)
     writer = metric_writers.MetricWriter(workdir, enabled=is_main)
     writer.restart(int(state.step))  # every start: each step appears once in the logs
-    code = _train(job, workdir, state, restored, ckpt, writer, stopper, tokenizer, start)
+    outcome = _train(job, workdir, state, restored, ckpt, writer, stopper, tokenizer, start)
   except _Stopped:
-    code, stopped_early = stopper.exit_code, True
+    outcome = stopper.outcome
     name = signal.Signals(stopper.received).name if stopper.received else "a signal"
     _log(f"stopped by {name} before the first step; nothing to save (start the same command "
          "again to run)")
-  except checkpoint_lib.CheckpointSaveError as e:
-    print(f"signflax train: error: {e}", file=sys.stderr, flush=True)
-    code = 1
+    _undo_start(guard, ckpt, writer)
+    return outcome
+  except outcomes.SignflaxError:
+    _undo_start(guard, ckpt, writer)
+    raise
   except BaseException:
     if writer is not None:
       writer.close()
     if guard is not None and not ckpt.all_steps():
       guard.undo()
     raise
+  _undo_start(guard if outcome is not outcomes.Finished.DONE else None, ckpt, writer)
+  return outcome
+
+
+def _close_quietly(ckpt: checkpoint_lib.Checkpointer) -> None:
+  """Closes the checkpointer; a save error was already raised (or will be by ``close``)."""
+  with contextlib.suppress(checkpoint_lib.CheckpointSaveError):
+    ckpt.close()
+
+
+def _undo_start(guard, ckpt, writer) -> None:
+  """A fresh run that ends before its first checkpoint leaves the workdir reusable."""
   if writer is not None:
     writer.close()
-  if (code != 0 or stopped_early) and guard is not None and not ckpt.all_steps():
+  if guard is not None and not ckpt.all_steps():
     note = guard.undo()
     if note:
-      _log(f"signflax train: {note} (no checkpoint was saved; the workdir is reusable)")
-  return code
+      _log(f"{note} (no checkpoint was saved; the workdir is reusable)")
 
 
-def _train(job, workdir, state, restored, ckpt, writer, stopper, tokenizer, start) -> int:
-  """Compiles, evaluates and runs the loop; returns the exit code. Raises _Stopped for
-  a signal before the first step, CheckpointSaveError for a failed save."""
+def _train(job, workdir, state, restored, ckpt, writer, stopper, tokenizer, start
+           ) -> outcomes.Finished:
+  """Compiles, evaluates and runs the loop. Raises _Stopped for a signal before the first
+  step, CheckpointSaveError for a failed save, NonFiniteError (Diverged) for a NaN."""
   config, t = job.config, job.config.train
   model = job.model
   _log(f"model: {job.num_params / 1e6:.2f}M params, {model.num_layers} layers x "
@@ -507,17 +518,15 @@ def _train(job, workdir, state, restored, ckpt, writer, stopper, tokenizer, star
   try:
     state, last, preempted = _train_loop(
         loop, state, restored.extra.get("loop", {}) if restored else {})
-  except preemption.NonFiniteError as e:
-    with contextlib.suppress(checkpoint_lib.CheckpointSaveError):
-      ckpt.close()
-    print(f"signflax train: error: {e}", file=sys.stderr, flush=True)
-    return 1
+  except preemption.NonFiniteError:
+    _close_quietly(ckpt)  # the last good checkpoint is kept
+    raise
   ckpt.close()
   if preempted:
-    return stopper.exit_code
+    return stopper.outcome
   tokens_per_s = t.global_batch_size * t.seq_len * (t.steps - first_step) / (
       time.monotonic() - train_start)
   _log(f"done: {t.steps} steps in {time.monotonic() - start:.0f}s (compile {compile_s:.0f}s) | "
        f"final eval loss {last.get('eval_loss', float('nan')):.4f} nats/token vs eval unigram "
        f"entropy {unigram:.4f} | {tokens_per_s:,.0f} tokens/s with evals | {workdir}")
-  return 0
+  return outcomes.Finished.DONE
