@@ -27,8 +27,10 @@ A failed restore is one of three kinds, never mistaken for another:
   from the one computed while saving. The step directory is moved, whole, to
   ``<directory>/../corrupt_checkpoints/`` and the one before is tried; the
   detailed exception goes to ``<directory>/../checkpoint_errors.log``.
-* **transient** (``TransientCheckpointError``): ``OSError`` and the like
-  (a flaky network filesystem, a host briefly out of memory). Retried with
+* **transient** (``TransientCheckpointError``): decided from the root cause's
+  error code, for array data (TensorStore's ``[os_error_code='5']``) as for JSON
+  (``signflax.train.checkpoint_errors``): EIO, EAGAIN, ETIMEDOUT, EBUSY,
+  ``UNAVAILABLE``, ``DEADLINE_EXCEEDED``, HTTP 429/5xx, ... Retried with
   exponential backoff; if it keeps failing, nothing is moved and the next start
   tries again.
 
@@ -42,7 +44,6 @@ renames it only when complete.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import functools
 import logging
 import pathlib
@@ -60,7 +61,10 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from signflax import optim
-from signflax import outcomes
+from signflax.train.checkpoint_errors import (  # noqa: F401 - re-exported
+    CheckpointSaveError, CorruptCheckpointError, IncompatibleCheckpointError,
+    NoReadableCheckpoint, TransientCheckpointError, disk_full_reason, first_line,
+    is_transient, transient_reason)
 from signflax import storage
 
 STATE, EXTRA = "state", "extra"
@@ -74,26 +78,6 @@ ERROR_LOG = "checkpoint_errors.log"
 CORRUPT_DIR = "corrupt_checkpoints"
 
 
-class IncompatibleCheckpointError(outcomes.IncompatibleCheckpoint):
-  """The checkpoint holds a different model or optimizer (names, shapes or dtypes)."""
-
-
-class CorruptCheckpointError(RuntimeError):
-  """A checkpoint's files are missing, truncated, or fail their checksums."""
-
-
-class TransientCheckpointError(outcomes.TransientIO):
-  """Reading a checkpoint kept failing with an error that may pass (I/O, memory)."""
-
-
-class CheckpointSaveError(outcomes.SaveFailed):
-  """A save failed (disk full, file too large, ...); the message is one line."""
-
-
-class NoReadableCheckpoint(outcomes.BadInput):
-  """Every checkpoint in the directory is corrupt (nothing was moved)."""
-
-
 @dataclasses.dataclass
 class Restored:
   """A restored checkpoint: the train state (in the target shardings) and the JSON extras."""
@@ -105,12 +89,6 @@ class Restored:
 def _warn(message: str) -> None:
   if jax.process_index() == 0:
     print(f"signflax: warning: {message}", file=sys.stderr, flush=True)
-
-
-def _first_line(e: BaseException, limit: int = 200) -> str:
-  """The first line of ``e``'s root cause (TensorStore's, naming the array and file)."""
-  e = list(_chain(e))[-1]
-  return f"{type(e).__name__}: " + (str(e).strip().splitlines() or [""])[0][:limit]
 
 
 def _dotted(path) -> str:
@@ -236,46 +214,6 @@ def describe_difference(saved: dict[str, tuple], wanted: dict[str, tuple],
 
 
 # ---------------------------------------------------------------------------- failures
-
-
-_TRANSIENT_STATUS = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED")
-_MISSING = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
-_DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
-
-
-def _chain(e: BaseException):
-  seen = set()
-  while e is not None and id(e) not in seen:
-    seen.add(id(e))
-    yield e
-    e = e.__cause__ or e.__context__
-
-
-def is_transient(e: BaseException) -> bool:
-  """Whether a restore error may pass on retry (I/O, timeouts, memory), not corruption.
-
-  A missing file is corruption; any other ``OSError``, ``MemoryError``, or a
-  TensorStore status such as UNAVAILABLE is transient.
-  """
-  for err in _chain(e):
-    if isinstance(err, (MemoryError, TimeoutError, ConnectionError)):
-      return True
-    if isinstance(err, OSError) and not isinstance(err, _MISSING):
-      return True
-    if str(err).lstrip().startswith(_TRANSIENT_STATUS):
-      return True
-  return False
-
-
-def disk_full_reason(e: BaseException) -> str | None:
-  """'No space left on device' / 'File too large' if ``e`` (or its cause) says so."""
-  for err in _chain(e):
-    if isinstance(err, OSError) and err.errno in _DISK_FULL:
-      return err.strerror or str(err)
-    for reason in ("No space left on device", "File too large", "Disk quota exceeded"):
-      if reason in str(err):
-        return reason
-  return None
 
 
 def _existing_parent(path: pathlib.Path) -> pathlib.Path:
@@ -481,7 +419,7 @@ class Checkpointer:
     return free
 
   def _save_error(self, e: BaseException) -> CheckpointSaveError:
-    reason = disk_full_reason(e) or _first_line(e)
+    reason = disk_full_reason(e) or first_line(e)
     self._log_error("save", e)
     if storage.is_remote(self.directory):
       return CheckpointSaveError(f"checkpoint save to {self.directory} failed: {reason}")
@@ -542,7 +480,7 @@ class Checkpointer:
     except Exception as e:  # noqa: BLE001 - classified by the caller
       if is_transient(e):
         raise
-      raise CorruptCheckpointError(f"metadata of step {step} unreadable ({_first_line(e)})"
+      raise CorruptCheckpointError(f"metadata of step {step} unreadable ({first_line(e)})"
                                    ) from e
     difference = describe_difference(saved, _leaf_table(abstract_state), labels)
     if difference:
@@ -576,14 +514,14 @@ class Checkpointer:
         raise
       except Exception as e:  # noqa: BLE001 - classified here
         if not is_transient(e):
-          raise CorruptCheckpointError(_first_line(e, 300)) from e
+          raise CorruptCheckpointError(first_line(e, 300)) from e
         self._log_error(f"step {step}, attempt {attempt}", e)
         if attempt == self.restore_tries:
           raise TransientCheckpointError(
               f"checkpoint at step {step} in {self.directory} could not be read after "
-              f"{attempt} tries ({_first_line(e)}); nothing was moved: start again to retry"
-          ) from e
-        _warn(f"reading the checkpoint at step {step} failed ({_first_line(e, 120)}); "
+              f"{attempt} tries ({transient_reason(e)}; details in {self.error_log}); "
+              "nothing was moved: start again to retry") from e
+        _warn(f"reading the checkpoint at step {step} failed ({first_line(e, 120)}); "
               f"retrying in {delay:g}s")
         time.sleep(delay)
         delay = min(2 * delay, self.retry_max_delay_s)
@@ -713,7 +651,7 @@ def read_params(workdir_or_step_dir: str | pathlib.Path, step: int | None = None
     saved = handler.metadata(state_dir).tree
   except Exception as e:  # noqa: BLE001 - unreadable metadata is bad input here
     raise ValueError(f"workdir_or_step_dir: {str(state_dir)!r} is not a readable Orbax "
-                     f"checkpoint ({_first_line(e)})") from e
+                     f"checkpoint ({first_line(e)})") from e
   if not isinstance(saved, dict) or "params" not in saved:
     keys = ", ".join(map(str, saved)) if isinstance(saved, dict) else type(saved).__name__
     raise ValueError(f"workdir_or_step_dir: {str(state_dir)!r} holds no 'params' (found: {keys})")
@@ -734,7 +672,7 @@ def read_params(workdir_or_step_dir: str | pathlib.Path, step: int | None = None
     restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
         item=item, restore_args=restore_args, partial_restore=True))
   except Exception as e:  # noqa: BLE001 - missing or damaged array files
-    raise ValueError(f"workdir_or_step_dir: {str(state_dir)!r} failed to read ({_first_line(e)})"
+    raise ValueError(f"workdir_or_step_dir: {str(state_dir)!r} failed to read ({first_line(e)})"
                      ) from e
   finally:
     checkpointer.close()
