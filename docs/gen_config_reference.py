@@ -25,9 +25,23 @@ come from that declaration.
 """
 
 
+LAB = """
+# The lab: `signflax linreg`
+
+Every field is set by the packaged config the command names (`--config linreg/<name>`);
+these tables give each field's type, allowed values and meaning.
+
+"""
+
+
 def render() -> str:
+  from signflax.experiments import compute_optimal, linreg  # noqa: PLC0415
   from signflax.train import schema  # noqa: PLC0415
-  return HEADER + schema.SCHEMA.reference_markdown(level=2)
+  lab = [linreg.SCHEMAS["data_scaling"].reference_markdown(
+             title="linreg/data_scaling, batch_scaling, phase_diagram"),
+         linreg.SCHEMAS["ode_check"].reference_markdown(title="linreg/ode_check"),
+         compute_optimal.SCHEMA.reference_markdown(title="linreg/compute_optimal")]
+  return HEADER + schema.SCHEMA.reference_markdown(level=2) + LAB + "\n".join(lab)
 
 
 def main(argv: list[str]) -> int:

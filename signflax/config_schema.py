@@ -33,7 +33,8 @@ a one-line ``ValueError`` naming the dotted field, its value and what is allowed
     config.optimizer.weight_decay: must be a finite number >= 0, got -0.1
 
 ``integer`` accepts ints only (no floats, no bools); ``real`` accepts finite ints
-and floats; ``choice`` a value from a fixed set; ``string``/``boolean`` their
+and floats; ``choice`` a value from a fixed set; ``names`` a non-empty tuple of such
+values; ``string``/``boolean`` their
 type; ``anything`` any value. Flags: ``optional=True`` also accepts None;
 ``required=False`` lets a config leave the field out (give no default then);
 ``default=`` the value ``defaults()`` puts in; ``doc=`` one line for the
@@ -64,7 +65,7 @@ ABSENT = _Absent()
 @dataclasses.dataclass(frozen=True)
 class Field:
   """One field's type, allowed values, default and doc; ``check`` says if a value fits."""
-  kind: str                         # "int" | "real" | "bool" | "str" | "choice" | "any"
+  kind: str              # "int" | "real" | "bool" | "str" | "choice" | "names" | "any"
   low: float = -math.inf
   high: float = math.inf
   low_open: bool = False
@@ -82,6 +83,8 @@ class Field:
   def describe(self) -> str:
     if self.kind == "choice":
       text = f"one of {', '.join(map(str, self.choices))}"
+    elif self.kind == "names":
+      text = f"a non-empty tuple of names from {', '.join(map(str, self.choices))}"
     elif self.kind in ("int", "real"):
       text = "an integer" if self.kind == "int" else "a finite number"
       if self.low > -math.inf and self.high < math.inf:
@@ -102,6 +105,9 @@ class Field:
       return True
     if self.kind == "choice":
       return isinstance(value, type(self.choices[0])) and value in self.choices
+    if self.kind == "names":
+      return (isinstance(value, (tuple, list)) and bool(value)
+              and all(isinstance(v, str) and v in self.choices for v in value))
     if self.kind == "bool":
       return isinstance(value, bool)
     if self.kind == "str":
@@ -131,6 +137,11 @@ def real(low: float = -math.inf, high: float = math.inf, *, low_open: bool = Fal
 def choice(*values: Any, **flags) -> Field:
   """One of ``values`` (of the first value's type)."""
   return Field("choice", choices=tuple(values), **flags)
+
+
+def names(*values: str, **flags) -> Field:
+  """A non-empty tuple (or list) of names, each one of ``values``."""
+  return Field("names", choices=tuple(values), **flags)
 
 
 def boolean(**flags) -> Field:
@@ -259,17 +270,19 @@ class Schema:
           raise ValueError(f"{where}.{name}: unknown field{_suggest(name, known)}; fields: "
                            f"{', '.join(sorted(known))}")
 
-  def reference_markdown(self, prefix: str = "config", level: int = 2) -> str:
+  def reference_markdown(self, prefix: str = "config", level: int = 2,
+                         title: str | None = None) -> str:
     """The configuration reference: per group, a table of field, type, allowed values,
-    default and doc (Markdown)."""
-    type_names = {"int": "int", "real": "float", "bool": "bool", "str": "str", "any": "any"}
+    default and doc (Markdown); ``title`` heads the root group's table."""
+    type_names = {"int": "int", "real": "float", "bool": "bool", "str": "str", "any": "any",
+                  "names": "tuple"}
     sections = []
     for group in self.groups:
       names = [n for n in self.fields if n.rpartition(".")[0] == group]
       if not names:
         continue
-      title = f"{prefix}.{group}" if group else prefix
-      lines = [f"{'#' * level} `{title}`", ""]
+      heading = f"`{prefix}.{group}`" if group else (title or f"`{prefix}`")
+      lines = [f"{'#' * level} {heading}", ""]
       if self.groups[group]:
         lines += [self.groups[group], ""]
       lines += ["| field | type | allowed | default | doc |", "|---|---|---|---|---|"]
@@ -277,7 +290,7 @@ class Schema:
         field = self.fields[name]
         kind = (type_names[field.kind] if field.kind != "choice"
                 else type(field.choices[0]).__name__)
-        default = ("(absent)" if field.default is ABSENT
+        default = (("required" if field.required else "(absent)") if field.default is ABSENT
                    else f"`{field.default!r}`")
         cells = [f"`{name.rpartition('.')[2]}`", kind, field.describe(), default, field.doc]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
