@@ -407,7 +407,7 @@ class Checkpointer:
 
   # -- saving
 
-  def _check_room(self, needed: int) -> int:
+  def check_room(self, needed: int) -> int:
     """Free bytes; warns (once) when one more checkpoint would not fit with a 10% margin."""
     if storage.is_remote(self.directory):  # a bucket has no free-space figure
       return -1
@@ -432,7 +432,7 @@ class Checkpointer:
     the host copy. Raises CheckpointSaveError with one line if this or the previous
     (background) save failed."""
     self._pending_bytes = tree_nbytes(state)
-    self._check_room(self._pending_bytes)
+    self.check_room(self._pending_bytes)
     if self.checksum:
       extra = {**extra, CHECKSUMS: checksums(state)}
     try:

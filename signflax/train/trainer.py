@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import shutil
 import signal
 import sys
 import tempfile
@@ -54,9 +53,11 @@ def _log(message: str) -> None:
 def validate(config) -> None:
   """Every check before compilation; raises a one-line ValueError naming the field.
 
-  Starts ``jax.distributed`` first (multi-process runs), so the checks see the
-  whole job's devices and processes: types and ranges from ``schema.SCHEMA``,
-  then what needs the tokenizer, the data files and the device count.
+  No side effects: types and ranges from ``schema.SCHEMA``, the optimizer's own
+  checks, then what needs the tokenizer (read once per process) and the data
+  files. The checks that need the job's devices and processes
+  (``check_topology``) run here for a single-process job; a multi-process job
+  runs them in ``run``, once ``jax.distributed`` has started.
   """
   missing = [g for g in schema.GROUPS if g not in config]
   if missing:
@@ -66,9 +67,8 @@ def validate(config) -> None:
   schema.SCHEMA.check(config)
   t = config.train
   optimizer_lib.check_optimizer(config.optimizer, t.steps)
-  parallel.maybe_initialize_distributed(config)
   data_lib.validate(config.data, seq_len=t.seq_len, global_batch_size=t.global_batch_size,
-                    process_count=jax.process_count())
+                    process_count=1)
   vocab = data_lib.build_tokenizer(config.data).vocab_size
   cfg = setup_lib.transformer_config(config, vocab)
   if cfg.vocab_size < vocab:
@@ -77,6 +77,17 @@ def validate(config) -> None:
   if t.seq_len > cfg.max_seq_len:
     raise ValueError(f"config.train.seq_len: {t.seq_len} is longer than the model's context "
                      f"config.model.max_seq_len={cfg.max_seq_len}")
+  if not parallel.is_multi_process(config):
+    check_topology(config)
+
+
+def check_topology(config) -> None:
+  """The checks that need the job's devices and processes (after ``jax.distributed``)."""
+  t = config.train
+  if t.global_batch_size % jax.process_count():
+    raise ValueError(f"config.train.global_batch_size: {t.global_batch_size} is not divisible "
+                     f"by the {jax.process_count()} processes; use a multiple of "
+                     f"{jax.process_count()}")
   shape = dict(zip(parallel.MESH_AXES,
                    parallel.resolve_mesh_shape(config.mesh, jax.device_count())))
   batch_shards = shape["data"] * shape["fsdp"]
@@ -154,7 +165,7 @@ def _train_loop(loop: _Loop, state, resumed: dict):
   config, run = loop.run.config, loop.run
   t, c = config.train, config.checkpoint
   tokens_per_step = t.global_batch_size * t.seq_len
-  flops_per_token = model_lib.flops_per_token(run.model, t.seq_len)
+  flops_per_token = model_lib.flops_per_token(run.model_config, t.seq_len)
   peak_flops = metrics_lib.peak_flops_per_device()
   progress = metric_writers.ProgressBar(t.steps, enabled=jax.process_index() == 0)
   first = int(state.step) + 1
@@ -217,9 +228,8 @@ def _train_loop(loop: _Loop, state, resumed: dict):
 
 def _same_job(workdir: epath.Path, config) -> bool:
   """Whether ``workdir/config.json`` is this config (the ``distributed`` group aside)."""
-  try:
-    old = json.loads((workdir / "config.json").read_text())
-  except (OSError, ValueError):
+  old = recovery.read_saved_config(workdir)
+  if old is None:
     return False
   new = json.loads(config.to_json_best_effort())
   old.pop("distributed", None)
@@ -244,18 +254,6 @@ def _unwritable(workdir: epath.Path) -> str | None:
   except OSError as e:
     return f"--workdir: {existing} is not writable ({e.strerror or e})"
   return None
-
-
-def _warn_if_disk_short(workdir: epath.Path, checkpoint_bytes: int) -> None:
-  if storage.is_remote(workdir):  # a bucket has no free-space figure
-    return
-  existing = workdir
-  while not existing.exists():
-    existing = existing.parent
-  free = shutil.disk_usage(existing).free
-  if free < checkpoint_bytes:
-    _log(f"warning: {free / 2**20:.0f} MiB free under {existing}, less than "
-         f"one checkpoint of this model (~{checkpoint_bytes / 2**20:.0f} MiB)")
 
 
 def _workdir_error(workdir: epath.Path, config) -> str | None:
@@ -389,7 +387,11 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> outcomes.
       check_every=config.checkpoint.preemption_check_every)
   with contextlib.ExitStack() as stack:
     stack.callback(stopper.restore)
-    parallel.maybe_initialize_distributed(config)
+    if parallel.maybe_initialize_distributed(config):
+      try:  # validate() left these to now: they need the whole job
+        check_topology(config)
+      except ValueError as e:
+        raise outcomes.BadInput(outcomes.one_line(e)) from e
     stopper.install()  # jax.distributed may have put its own SIGTERM handler in place
     is_main = jax.process_index() == 0
     if is_main and workdir.is_dir() and not storage.is_remote(workdir):
@@ -405,10 +407,9 @@ def _run(config, workdir, stopper, stack, allow_config_change) -> outcomes.Finis
   tokenizer = data_lib.build_tokenizer(config.data)
   start = time.monotonic()
   job = setup_lib.setup(config, vocab_size=tokenizer.vocab_size)
-  _warn_if_disk_short(workdir, sum(x.size * x.dtype.itemsize
-                                   for x in jax.tree.leaves(job.abstract_state)))
   stack.enter_context(jax.set_mesh(job.mesh))
   ckpt = _checkpointer(config, workdir)
+  ckpt.check_room(checkpoint_lib.tree_nbytes(job.abstract_state))  # warns before compiling
   # However the run ends, the checkpointer is closed: its background saves finish or fail
   # now, not at interpreter exit.
   stack.callback(_close_quietly, ckpt)
@@ -479,7 +480,7 @@ def _train(job, workdir, state, restored, ckpt, writer, stopper, tokenizer, star
   """Compiles, evaluates and runs the loop. Raises _Stopped for a signal before the first
   step, CheckpointSaveError for a failed save, NonFiniteError (Diverged) for a NaN."""
   config, t = job.config, job.config.train
-  model = job.model
+  model = job.model_config
   _log(f"model: {job.num_params / 1e6:.2f}M params, {model.num_layers} layers x "
        f"{model.d_model} wide, vocab {model.vocab_size}, {model.dtype} compute | mesh "
        f"{dict(job.mesh.shape)} on {jax.device_count()} x {jax.devices()[0].device_kind}")
