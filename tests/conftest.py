@@ -15,3 +15,8 @@ if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
   import tempfile  # noqa: E402
 
   os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="signflax-test-cache-")
+
+# What signflax.cli.main installs at start-up, for the tests that call the library directly.
+from signflax.train import checkpoint_errors  # noqa: E402
+
+checkpoint_errors.quiet_background_noise()

@@ -196,7 +196,7 @@ def _atomic_write(path: epath.Path, text: str) -> None:
 def read_metrics(run_dir: storage.PathLike) -> list[dict]:
   """``metrics.jsonl`` records by step (a step logged twice after a resume: the later wins)."""
   try:
-    records = metric_writers.read_records(storage.path(run_dir) / "metrics.jsonl")
+    records = metric_writers.read_records(storage.path(run_dir) / metric_writers.METRICS_FILE)
   except OSError:
     return []
   by_step: dict[int, dict] = {}
@@ -316,7 +316,8 @@ def _run_point(point: Point, run_dir: pathlib.Path, counter: CompileCounter) -> 
   from signflax.train import trainer  # noqa: PLC0415
   t = point.config.train
   run_dir.mkdir(parents=True, exist_ok=True)
-  tensorboard_extras.write_hparams(run_dir / "tb", point.values, point.config)
+  tensorboard_extras.write_hparams(run_dir / metric_writers.TB_DIR, point.values,
+                                  point.config)
   mark, start, cpu = counter.mark(), time.monotonic(), time.process_time()
   try:
     outcome, reason = trainer.run(point.config, str(run_dir)), ""

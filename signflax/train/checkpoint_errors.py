@@ -15,8 +15,11 @@ failed save; decided from the root cause and its error code.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import re
+import sys
+import traceback
 
 from signflax import outcomes
 
@@ -128,3 +131,52 @@ def disk_full_reason(e: BaseException) -> str | None:
       if reason in str(err):
         return reason
   return None
+
+
+# ---------------------------------------------------------------------------- process hooks
+
+
+class _DropOrbaxErrors(logging.Filter):
+  """Drops log records from Orbax's own files (its background threads' tracebacks)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "orbax" not in record.pathname
+
+
+def _from_orbax(obj) -> bool:
+  code = getattr(obj, "cr_code", None) or getattr(obj, "__code__", None)
+  return "orbax" in getattr(code, "co_filename", "")
+
+
+def _closed_loop_callback(exc_type, exc, tb) -> bool:
+  """A TensorStore read finishing after Orbax closed the event loop of a failed restore."""
+  return (exc_type is RuntimeError and str(exc) == "Event loop is closed"
+          and any(frame.name == "call_soon_threadsafe"
+                  for frame in traceback.extract_tb(tb)))
+
+
+def quiet_background_noise() -> None:
+  """Process-wide, installed once at start-up (``signflax.cli.main``): silences the chatter of Orbax's background work when a save or restore fails
+  ("Task exception was never retrieved", "Exception ignored in: <coroutine ...>",
+  "Event loop is closed" from reads still in flight, tracebacks on the absl logger):
+  the error itself is raised to the caller, reported in one line, and written to the
+  error log."""
+  logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+  absl = logging.getLogger("absl")
+  if not any(isinstance(f, _DropOrbaxErrors) for f in absl.filters):
+    absl.addFilter(_DropOrbaxErrors())
+  if getattr(sys.unraisablehook, "_signflax", False):
+    return
+  previous_unraisable, previous_except = sys.unraisablehook, sys.excepthook
+
+  def unraisable_hook(unraisable):
+    if not (_from_orbax(unraisable.object) or _closed_loop_callback(
+        unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback)):
+      previous_unraisable(unraisable)
+
+  def except_hook(exc_type, exc, tb):
+    if not _closed_loop_callback(exc_type, exc, tb):
+      previous_except(exc_type, exc, tb)
+
+  unraisable_hook._signflax = True  # noqa: SLF001 - installed once
+  sys.unraisablehook, sys.excepthook = unraisable_hook, except_hook

@@ -5,9 +5,9 @@
 Config groups: ``model`` (``signflax.model.TransformerConfig`` fields),
 ``optimizer``, ``data`` (``signflax.data.default_data_config()``), ``mesh``
 (data/fsdp/tensor sizes, -1 = the rest), ``train``, ``checkpoint`` and
-``distributed``; see ``signflax/configs/lm/tiny.py`` for every field. ``workdir``
+``distributed``; ``docs/configuration.md`` lists every field. ``workdir``
 receives ``config.json``, ``metrics.jsonl``, TensorBoard events under ``tb/``
-and Orbax checkpoints under ``checkpoints/``. A run started in a workdir that
+and Orbax checkpoints under ``checkpoints/`` (``signflax.train.workdir``). A run started in a workdir that
 holds checkpoints resumes from the latest readable one (see
 ``signflax.train.checkpoint``), after checking the config against the saved one
 (``signflax.train.recovery``). SIGTERM saves a checkpoint and exits 0; SIGINT
@@ -43,6 +43,7 @@ from signflax.train import preemption
 from signflax.train import recovery
 from signflax.train import schema
 from signflax.train import setup as setup_lib
+from signflax.train import workdir as workdir_lib
 
 def _log(message: str) -> None:
   """Progress notes on stderr, from process 0 only."""
@@ -265,9 +266,8 @@ def _workdir_error(workdir: epath.Path, config) -> str | None:
   error = _unwritable(workdir)
   if error:
     return error
-  ckpt_dir = workdir / "checkpoints"
-  has_checkpoints = ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir())
-  if ((workdir / "metrics.jsonl").exists() and not has_checkpoints
+  layout = workdir_lib.Workdir(workdir)
+  if (layout.metrics.exists() and not layout.has_checkpoint_dirs()
       and not _same_job(workdir, config)):
     return (f"--workdir: {workdir} already holds metrics.jsonl from an earlier run with "
             "another config and no checkpoint to resume from; choose a new directory "
@@ -279,7 +279,7 @@ def _checkpointer(config, workdir: epath.Path) -> checkpoint_lib.Checkpointer:
   c = config.checkpoint
   # Leftovers are cleaned: process 0 holds the workdir lock, or the workdir is new.
   return checkpoint_lib.Checkpointer(
-      workdir / "checkpoints", keep=c.keep, keep_period=c.keep_period, async_save=c.async_save,
+      workdir_lib.Workdir(workdir).checkpoints, keep=c.keep, keep_period=c.keep_period, async_save=c.async_save,
       checksum=c.checksum, restore_tries=c.restore_tries, retry_delay_s=c.retry_delay_s,
       retry_max_delay_s=c.retry_max_delay_s, clean_leftovers=True)
 
@@ -346,12 +346,12 @@ def _with_config_hyperparams(state, job: setup_lib.Run):
 def _record_config(workdir, config, restored, changes) -> None:
   """config.json for a fresh run; on a resume with changes, one warning line, the
   history, and the new config.json."""
-  path = workdir / recovery.CONFIG_FILE
+  path = workdir_lib.Workdir(workdir).config
   if restored is not None and changes and path.exists():
     accepted = changes.guarded + changes.allowed
     _log(f"warning: config changed since the checkpoint at step "
          f"{restored.step}: {changes.describe(accepted)} (history in "
-         f"{workdir / recovery.HISTORY_FILE})")
+         f"{workdir_lib.Workdir(workdir).history})")
     recovery.append_history(workdir, restored.step, accepted)
   elif restored is not None and path.exists():
     return
@@ -395,7 +395,7 @@ def run(config, workdir: str, *, allow_config_change: bool = False) -> outcomes.
     stopper.install()  # jax.distributed may have put its own SIGTERM handler in place
     is_main = jax.process_index() == 0
     if is_main and workdir.is_dir() and not storage.is_remote(workdir):
-      stack.callback(recovery.WorkdirLock.acquire(workdir).release)
+      stack.callback(workdir_lib.WorkdirLock.acquire(workdir).release)
     recovery.enable_compilation_cache(
         recovery.compilation_cache_dir(config.train.compilation_cache_dir))
     return _run(config, workdir, stopper, stack, allow_config_change)
@@ -434,7 +434,7 @@ def _run(config, workdir, stopper, stack, allow_config_change) -> outcomes.Finis
       workdir.mkdir(parents=True, exist_ok=True)
       if guard is not None and not guard.existed and not storage.is_remote(workdir):
         # a new local workdir: lock it now
-        stack.callback(recovery.WorkdirLock.acquire(workdir).release)
+        stack.callback(workdir_lib.WorkdirLock.acquire(workdir).release)
       _record_config(workdir, config, restored, changes)
     writer = metric_writers.MetricWriter(workdir, enabled=is_main)
     writer.restart(int(state.step))  # every start: each step appears once in the logs
