@@ -48,7 +48,7 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 from scipy import optimize
 
-from signflax import storage
+from signflax import outcomes, storage
 from signflax.experiments.sweep import read_metrics
 
 LAWS = ("collapse", "predict", "data_scaling", "batch", "phase")
@@ -685,7 +685,8 @@ def main(argv: Sequence[str]) -> int:
   try:
     fit_sweep(args.sweep, args.law, args.out, fractions=args.fractions,
               bootstrap=args.bootstrap, tolerance=args.tolerance)
-  except ValueError as e:
-    print(f"signflax fit: error: {e}", file=sys.stderr)
-    return 2
+  except outcomes.SignflaxError:
+    raise
+  except ValueError as e:  # bad input: one line and exit 2 (signflax.cli.main)
+    raise outcomes.BadInput(outcomes.one_line(e)) from e
   return 0
