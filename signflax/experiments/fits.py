@@ -42,7 +42,6 @@ import itertools
 import json
 import math
 import pathlib
-import sys
 from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
