@@ -171,6 +171,7 @@ def test_disk_full_is_one_line(tmp_path):
   script = f"""
 import resource, signal, sys, jax.numpy as jnp
 from signflax.train import checkpoint as C
+C.quiet_background_noise()  # what a program's start-up (signflax.cli.main) installs
 ckpt = C.Checkpointer({str(tmp_path / 'c')!r})
 ckpt.save(1, {{"w": jnp.zeros(10)}}, {{}})
 ckpt.close()
