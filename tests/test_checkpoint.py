@@ -281,6 +281,7 @@ def _eio_shim(tmp_path):
   return library
 
 
+@pytest.mark.slow  # two trainer runs
 def test_one_eio_on_array_data_is_transient_moves_nothing_and_a_restart_resumes(
     reference, tmp_path):
   """One EIO on the first open() of a file of step 36's array data: retried (here once:
