@@ -53,7 +53,7 @@ def measure(config, optimizer: str, batch: int, steps: int) -> dict:
   start = time.perf_counter()
   run = train_setup.setup(config, vocab_size=config.model.vocab_size or BYTE_VOCAB,
                           noise_stats=False)
-  cfg = run.model
+  cfg = run.model_config
   tokens = jax.random.randint(jax.random.key(0), (batch, t.seq_len + 1), 0, cfg.vocab_size)
   with jax.set_mesh(run.mesh):
     data = {"inputs": jax.device_put(tokens[:, :-1], run.batch_sharding),

@@ -32,6 +32,7 @@ from signflax import outcomes
 from signflax import storage
 from signflax.config_io import packaged_config_names, parse_config_args
 from signflax.outcomes import UsageError, one_line
+from signflax.train import checkpoint_errors
 
 
 # command -> (module with validate/run, default packaged config, help)
@@ -82,13 +83,14 @@ def run_config_command(command: str, argv: Sequence[str]) -> int:
     return _report_error(command, one_line(e))
   result = (module.run(config, workdir, allow_config_change=True) if allow_change
             else module.run(config, workdir))
-  return int(result or 0)
+  return outcomes.exit_code(result)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   """Runs one command. A typed outcome (``signflax.outcomes``) is one line and its exit
   code (bad input: 2); a bug is a traceback and exit 1."""
   argv = list(sys.argv[1:] if argv is None else argv)
+  checkpoint_errors.quiet_background_noise()  # process-wide hooks, installed once, here
   try:
     return _main(argv)
   except outcomes.SignflaxError as e:

@@ -84,14 +84,14 @@ def parse_value(text: str) -> Any:
   return text
 
 
-def _coerce(field: str, old: Any, new: Any) -> Any:
+def _coerce(where: str, old: Any, new: Any) -> Any:
   """Converts ``new`` to the type of the value it replaces, or raises UsageError."""
   if old is None or new is None:
     return new
   if isinstance(old, bool):
     if isinstance(new, bool):
       return new
-    raise UsageError(f"--config.{field}: expected true or false, got {new!r}")
+    raise UsageError(f"{where}: expected true or false, got {new!r}")
   if isinstance(old, int) and isinstance(new, int) and not isinstance(new, bool):
     return new
   if isinstance(old, float) and isinstance(new, (int, float)) and not isinstance(new, bool):
@@ -101,30 +101,40 @@ def _coerce(field: str, old: Any, new: Any) -> Any:
   if isinstance(old, (tuple, list)) and isinstance(new, (tuple, list)):
     return type(old)(new)
   if isinstance(old, ml_collections.ConfigDict):
-    raise UsageError(f"--config.{field}: is a group of fields; set one of "
+    raise UsageError(f"{where}: is a group of fields; set one of "
                      f"{', '.join(sorted(old.keys()))}")
   if type(new) is type(old):
     return new
-  raise UsageError(f"--config.{field}: expected {type(old).__name__}, got {new!r}")
+  raise UsageError(f"{where}: expected {type(old).__name__}, got {new!r} "
+                   f"({type(new).__name__})")
 
 
-def apply_override(config: ml_collections.ConfigDict, dotted: str, text: str) -> None:
-  """Sets ``config.<dotted> = parse_value(text)``, type-checked against the old value."""
+def set_field(config: ml_collections.ConfigDict, dotted: str, value: Any,
+              where: str | None = None) -> None:
+  """Sets ``config.<dotted> = value``, type-checked against the value it replaces (an int
+  field takes ints, a float field ints or floats, ...). Errors name ``where`` (default
+  ``--config.<dotted>``) and raise UsageError."""
+  where = where or f"--config.{dotted}"
   *parents, leaf = dotted.split(".")
   node = config
   walked = []
   for name in parents:
     walked.append(name)
     if name not in node or not isinstance(node[name], ml_collections.ConfigDict):
-      raise UsageError(f"--config.{dotted}: no field {'.'.join(walked)!r}; fields here: "
+      raise UsageError(f"{where}: no field {'.'.join(walked)!r}; fields here: "
                        f"{', '.join(sorted(node.keys()))}")
     node = node[name]
   if leaf not in node:
-    where = f"config.{'.'.join(parents)}" if parents else "config"
-    raise UsageError(f"--config.{dotted}: {where} has no field {leaf!r}; fields: "
+    group = f"config.{'.'.join(parents)}" if parents else "config"
+    raise UsageError(f"{where}: no field {dotted!r}; fields of {group}: "
                      f"{', '.join(sorted(node.keys()))}")
   with node.unlocked():
-    node[leaf] = _coerce(dotted, node[leaf], parse_value(text))
+    node[leaf] = _coerce(where, node[leaf], value)
+
+
+def apply_override(config: ml_collections.ConfigDict, dotted: str, text: str) -> None:
+  """Sets ``config.<dotted> = parse_value(text)``, type-checked against the old value."""
+  set_field(config, dotted, parse_value(text))
 
 
 def split_overrides(argv: Sequence[str]) -> tuple[list[tuple[str, str]], list[str]]:

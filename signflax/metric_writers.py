@@ -34,6 +34,9 @@ from signflax.tensorboard_extras import tensorboard_tag
 # restart at the same step replaces it.
 START_KEY = "num_params"
 
+METRICS_FILE = "metrics.jsonl"   # one JSON record per line, under the workdir
+TB_DIR = "tb"                    # TensorBoard event files, under the workdir
+
 
 def _json_value(value):
   """Integers stay integers; non-finite floats become strings ("nan", "inf")."""
@@ -174,12 +177,12 @@ class MetricWriter:
       return
     self.workdir = storage.path(workdir)
     self.workdir.mkdir(parents=True, exist_ok=True)
-    self._jsonl_path = self.workdir / "metrics.jsonl"
+    self._jsonl_path = self.workdir / METRICS_FILE
     self._jsonl = None
     self._remote = storage.is_remote(self.workdir)
     self._lines: list[str] = []   # object storage: the whole log, rewritten on flush
     self._dirty, self._upload_secs, self._uploaded_at = False, upload_secs, time.monotonic()
-    self._events = EventWriter(self.workdir / "tb", upload_secs=upload_secs)
+    self._events = EventWriter(self.workdir / TB_DIR, upload_secs=upload_secs)
 
   def _file(self) -> TextIO:
     if self._jsonl is None:

@@ -18,11 +18,17 @@ outcome                    exit code  meaning
 ``Preempted``              0          a preemption notice was honoured: state saved
 =========================  =========  ================================================
 
+A run that ends without failing returns a ``Finished``: ``DONE`` (exit 0),
+``PREEMPTED`` (SIGTERM honoured, state saved: exit 0) or ``INTERRUPTED``
+(SIGINT honoured, state saved: exit 130, the shell's code for Ctrl-C).
+
 ``BadInput`` subclasses ``ValueError`` so code that validates with plain
 ``ValueError`` keeps working.
 """
 
 from __future__ import annotations
+
+import enum
 
 
 def one_line(error: BaseException | str) -> str:
@@ -70,8 +76,22 @@ class Preempted(SignflaxError):
   exit_code = 0
 
 
-def exit_code(outcome: BaseException | None) -> int:
-  """0 for success (None), the outcome's code for a ``SignflaxError``, else 1."""
+class Finished(enum.Enum):
+  """How a run that did not fail ended; ``exit_code`` is what the CLI exits with."""
+  DONE = "done"
+  PREEMPTED = "preempted"      # SIGTERM (a preemption notice): checkpoint saved
+  INTERRUPTED = "interrupted"  # SIGINT (Ctrl-C): checkpoint saved
+
+  @property
+  def exit_code(self) -> int:
+    return 130 if self is Finished.INTERRUPTED else 0
+
+
+def exit_code(outcome: "BaseException | Finished | int | None") -> int:
+  """0 for success (None), an int as given, a ``Finished``'s or a ``SignflaxError``'s
+  code, else 1."""
   if outcome is None:
     return 0
+  if isinstance(outcome, int) and not isinstance(outcome, bool):
+    return outcome
   return getattr(outcome, "exit_code", 1)

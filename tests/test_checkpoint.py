@@ -234,6 +234,85 @@ def test_corrupt_latest_checkpoint_falls_back(reference, tmp_path, damage):
   assert _losses(got, range(37, 41)) == _losses(expected, range(37, 41))
 
 
+# open()/open64()/openat() fail with EIO for paths holding $EIO_PATH_SUBSTRING, the first
+# $EIO_TIMES times (root ignores chmod, so the failure is injected below the process).
+_EIO_SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+static int remaining = -1;
+static int fail(const char *path) {
+  const char *sub = getenv("EIO_PATH_SUBSTRING");
+  if (!sub || !path || !strstr(path, sub)) return 0;
+  if (__sync_bool_compare_and_swap(&remaining, -1, atoi(getenv("EIO_TIMES")))) {}
+  for (;;) {
+    int left = remaining;
+    if (left <= 0) return 0;
+    if (__sync_bool_compare_and_swap(&remaining, left, left - 1)) return 1;
+  }
+}
+#define MODE(flags) mode_t mode = 0; if ((flags) & (O_CREAT | O_TMPFILE)) { \
+  va_list ap; va_start(ap, flags); mode = va_arg(ap, int); va_end(ap); }
+#define OPEN(name) int name(const char *path, int flags, ...) { MODE(flags) \
+  if (fail(path)) { errno = EIO; return -1; } \
+  static int (*real)(const char *, int, ...); if (!real) real = dlsym(RTLD_NEXT, #name); \
+  return real(path, flags, mode); }
+#define OPENAT(name) int name(int dir, const char *path, int flags, ...) { MODE(flags) \
+  if (fail(path)) { errno = EIO; return -1; } \
+  static int (*real)(int, const char *, int, ...); if (!real) real = dlsym(RTLD_NEXT, #name); \
+  return real(dir, path, flags, mode); }
+OPEN(open) OPEN(open64) OPENAT(openat) OPENAT(openat64)
+"""
+
+
+def _eio_shim(tmp_path):
+  source = tmp_path / "eio_shim.c"
+  source.write_text(_EIO_SHIM)
+  library = tmp_path / "eio_shim.so"
+  gcc = shutil.which("gcc") or shutil.which("cc")
+  if gcc is None:
+    pytest.skip("no C compiler for the LD_PRELOAD shim")
+  subprocess.run([gcc, "-shared", "-fPIC", "-O1", "-o", str(library), str(source), "-ldl"],
+                 check=True)
+  return library
+
+
+@pytest.mark.slow  # two trainer runs
+def test_one_eio_on_array_data_is_transient_moves_nothing_and_a_restart_resumes(
+    reference, tmp_path):
+  """One EIO on the first open() of a file of step 36's array data: retried (here once:
+  restore_tries=1), then exit 1 in one line with nothing moved; a clean restart resumes
+  from that same step and equals the uninterrupted run."""
+  ref_dir, expected = reference
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  _copy_checkpoints(ref_dir, workdir, [32, 36])
+  shutil.copy(ref_dir / "config.json", workdir / "config.json")
+  before = _snapshot(workdir / "checkpoints")
+  env = dict(_env(8), LD_PRELOAD=str(_eio_shim(tmp_path)), EIO_TIMES="1",
+             EIO_PATH_SUBSTRING="checkpoints/36/state/ocdbt.process_0/d/")
+  proc = subprocess.run([sys.executable, "-m", "signflax.cli",
+                         *_argv(workdir, **{"checkpoint.restore_tries": 1})],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  errors = [l for l in proc.stderr.splitlines() if "error" in l]
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert len(errors) == 1 and errors[0].startswith("signflax train: error: checkpoint at step 36"), \
+      proc.stderr[-3000:]
+  assert "could not be read after 1 tries" in errors[0] and "Input/output error (errno 5)" in errors[0]
+  assert "Traceback" not in proc.stderr
+  assert not (workdir / "corrupt_checkpoints").exists()
+  assert _snapshot(workdir / "checkpoints") == before
+
+  code, err = _train(workdir)
+  assert code == 0, err
+  assert "resumed from the checkpoint at step 36" in err and "corrupt" not in err
+  assert _losses(_records(workdir), range(37, 41)) == _losses(expected, range(37, 41))
+
+
 def _snapshot(path):
   """Names, sizes and contents of everything under ``path``."""
   return sorted((str(p.relative_to(path)), p.read_bytes() if p.is_file() else None)

@@ -290,7 +290,7 @@ def test_stdlib_eval_entropy_is_bytes_like():
 
 
 @pytest.mark.parametrize("overrides, batch, processes, pattern", [
-    (dict(source="web"), 8, 1, r"^config\.data\.source: unknown source 'web'; allowed: stdlib"),
+    (dict(source="web"), 8, 1, r"^config\.data\.source: 'web' is not one of stdlib"),
     (dict(tokenizer="gpt2"), 8, 1, r"^config\.data\.tokenizer: unknown tokenizer 'gpt2'"),
     (dict(tokenizer="/nope/tokenizer.json"), 8, 1, r"^config\.data\.tokenizer: no such file"),
     (dict(source="text", paths="{tmp}/*.txt"), 8, 1,
@@ -301,8 +301,8 @@ def test_stdlib_eval_entropy_is_bytes_like():
     (dict(source="text", paths="{tmp}/small.md"), 8, 1,
      r"^config\.data: the (train|eval) split has \d+ tokens .* fewer than one global batch of 8"),
     (dict(source="stdlib"), 9, 2, r"^global_batch_size: 9 is not divisible by the 2 processes"),
-    (dict(eval_fraction=1.5), 8, 1, r"^config\.data\.eval_fraction: must be a number in \(0, 1\)"),
-    (dict(split_by="random"), 8, 1, r"^config\.data\.split_by: unknown value 'random'"),
+    (dict(eval_fraction=1.5), 8, 1, r"^config\.data\.eval_fraction: must be a finite number in \(0, 1\)"),
+    (dict(split_by="random"), 8, 1, r"^config\.data\.split_by: 'random' is not one of"),
     (dict(max_bytes=-1), 8, 1, r"^config\.data\.max_bytes: must be an integer >= 0"),
     (dict(source="arrayrecord", paths="{tmp}"), 8, 1,
      r"^config\.data\.paths: no manifest\.json in"),

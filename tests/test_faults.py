@@ -235,7 +235,7 @@ def _hlo(configs):
 @pytest.mark.parametrize("exchange", ["mean", "sign_vote"])
 def test_faults_at_their_defaults_compile_to_the_program_without_them(exchange):
   at_defaults = _config(gradient_exchange=exchange)
-  assert at_defaults.train.faults.to_dict() == faults_lib.default_faults_config().to_dict()
+  assert at_defaults.train.faults.to_dict() == schema.FAULTS.defaults().to_dict()
   without = _config(gradient_exchange=exchange)
   with without.unlocked():
     del without.train["faults"]

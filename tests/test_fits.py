@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from signflax import cli
 from signflax.experiments import fits
 
 ETA = 5e-4
@@ -131,4 +132,5 @@ def test_fit_over_sweep_with_failed_and_missing_points(tmp_path, capsys):
   assert {e["status"] for e in result["excluded"]} == {"failed", "missing"}
   assert (tmp_path / "fits" / "predict" / "predict_sign_sgd.png").is_file()
   # a law that cannot run on what is left fails in one line
-  assert fits.main(["--sweep", str(tmp_path / "nope"), "--law", "batch"]) == 2
+  assert cli.main(["fit", "--sweep", str(tmp_path / "nope"), "--law", "batch"]) == 2
+  assert "signflax fit: error: --sweep:" in capsys.readouterr().err

@@ -372,3 +372,40 @@ def test_tpu_pod_launch_takes_a_gs_workdir():
 
   out = _tpu_pod("pod", "z", "v5p-16", "--workdir", "/mnt/runs/x")
   assert out.returncode == 0 and "not gs://" in out.stderr   # allowed, with a warning
+
+
+_UPLOAD = """
+import pathlib, sys
+from signflax import storage
+storage.configure_clients()
+source, target = pathlib.Path(sys.argv[1]), storage.path(sys.argv[2])
+for p in source.rglob("*"):
+  if p.is_file():
+    (target / str(p.relative_to(source))).write_bytes(p.read_bytes())
+"""
+
+
+@pytest.mark.slow
+def test_fit_reads_a_gs_sweep(gcs, tmp_path):
+  """``signflax fit --sweep gs://...`` reads the sweep through the storage layer and writes
+  its results and figures next to it."""
+  from test_fits import _fake_sweep  # noqa: PLC0415
+  local = tmp_path / "sweep"
+  local.mkdir()
+  _fake_sweep(local, ["done", "done", "failed", "missing"])
+  env = dict(_env(gcs.env()), PYTHONPATH=str(REPO))
+  subprocess.run([sys.executable, "-c", _UPLOAD, str(local), f"gs://{BUCKET}/fit_sweep"],
+                 env=env, check=True, timeout=120)
+  result = subprocess.run(
+      [sys.executable, "-m", "signflax.cli", "fit", "--sweep", f"gs://{BUCKET}/fit_sweep",
+       "--law", "predict", "--fractions", "64:0.25,128:0.5"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "002-global_batch_size=256 (failed: boom)" in result.stdout
+  saved = json.loads(gcs.read(BUCKET, "fit_sweep/fits/predict/results.json"))
+  assert saved["points_fitted"] == 2 and saved["sweep"] == f"gs://{BUCKET}/fit_sweep"
+  assert "fit_sweep/fits/predict/predict_sign_sgd.png" in gcs.list(BUCKET, "fit_sweep/fits/")
+  missing = subprocess.run(
+      [sys.executable, "-m", "signflax.cli", "fit", "--sweep", f"gs://{BUCKET}/nope",
+       "--law", "batch"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+  assert missing.returncode == 2 and f"gs://{BUCKET}/nope has no sweep.jsonl" in missing.stderr

@@ -97,7 +97,7 @@ def test_phases_and_predicted_exponents():
 @pytest.mark.parametrize("override,needle", [
     ("--config.cases.noise_dominated.alpha=0.0", "config.cases.noise_dominated.alpha: must be > 0"),
     ("--config.num_features=64", "config.num_features: must be >= max(dims)=128"),
-    ("--config.schedules=('constant', 'cosine')", "config.schedules: unknown name 'cosine'"),
+    ("--config.schedules=('constant', 'cosine')", "config.schedules: must be a non-empty tuple of names from constant"),
     ("--config.dims=()", "config.dims: must be a non-empty tuple"),
     ("--config.num_embeddings=0", "config.num_embeddings: must be an integer >= 1"),
 ])

@@ -5,6 +5,7 @@ Everything here drives ``Checkpointer``, ``MetricWriter`` and ``recovery`` direc
 tiny pytrees; the end-to-end behaviour of ``signflax train`` is in test_resume.py.
 """
 
+import errno
 import json
 import os
 import pathlib
@@ -171,6 +172,7 @@ def test_disk_full_is_one_line(tmp_path):
   script = f"""
 import resource, signal, sys, jax.numpy as jnp
 from signflax.train import checkpoint as C
+C.quiet_background_noise()  # what a program's start-up (signflax.cli.main) installs
 ckpt = C.Checkpointer({str(tmp_path / 'c')!r})
 ckpt.save(1, {{"w": jnp.zeros(10)}}, {{}})
 ckpt.close()
@@ -312,3 +314,29 @@ print("not reached", flush=True)
   stopper = preemption.PreemptionHandler(signals=(signal.SIGUSR1,))
   assert not stopper.should_stop(1) and stopper.exit_code == 0
   stopper.restore()
+
+
+@pytest.mark.parametrize("error,transient", [
+    (ValueError("UNKNOWN: Error opening file: /w/checkpoints/36/state/ocdbt.process_0/d/ab: "
+                "Input/output error [os_error_code='5'] [source locations='x']"), True),
+    (ValueError("UNKNOWN: Error reading: Resource temporarily unavailable "
+                "[os_error_code='11']"), True),
+    (ValueError("NOT_FOUND: Error opening file: No such file [os_error_code='2']"), False),
+    (ValueError("DATA_LOSS: Error reading: truncated"), False),
+    (RuntimeError("UNAVAILABLE: connection reset"), True),
+    (RuntimeError("DEADLINE_EXCEEDED: read timed out"), True),
+    (RuntimeError("UNKNOWN: gs://b/c failed: HTTP response code: 503"), True),
+    (RuntimeError("UNKNOWN: gs://b/c failed: HTTP response code: 429"), True),
+    (RuntimeError("UNKNOWN: gs://b/c failed: HTTP response code: 404"), False),
+    (OSError(errno.EBUSY, "Device or resource busy"), True),
+    (OSError(errno.ETIMEDOUT, "Connection timed out"), True),
+    (PermissionError(errno.EACCES, "Permission denied"), True),   # never set aside for it
+    (FileNotFoundError(errno.ENOENT, "No such file"), False),
+])
+def test_transient_or_corrupt_from_the_root_cause_and_its_code(error, transient):
+  from signflax.train import checkpoint_errors  # noqa: PLC0415
+  wrapped = RuntimeError("restore failed")
+  wrapped.__cause__ = error                     # the code is found on the root cause
+  assert checkpoint_errors.is_transient(wrapped) is transient
+  if transient and checkpoint_errors.error_code(error) == errno.EIO:
+    assert checkpoint_errors.transient_reason(wrapped) == "Input/output error (errno 5)"

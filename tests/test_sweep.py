@@ -80,7 +80,7 @@ def test_expand_product_zip_gamma_and_tokens(tmp_path):
 @pytest.mark.parametrize("body, message", [
     ('config.product = [("optimizer.nme", ["sgd"])]', "no field 'optimizer.nme'"),
     ('config.product = [("train.seed", [])]', "empty axis"),
-    ('config.product = [("train.global_batch_size", ["big"])]', "has type str"),
+    ('config.product = [("train.global_batch_size", ["big"])]', "expected int, got 'big'"),
     ('config.product = [("gamma", [1e-3])]\nconfig.gamma_rules = {"sgd": "linear"}',
      "no learning-rate rule for optimizer 'sign_sgd'"),
     ('config.product = [("train.steps", [0])]', "config.train.steps"),
@@ -157,6 +157,64 @@ def test_sweep_survives_kill_9(finished_sweep):
   # the killed and resumed sweep found every executable in the shared cache
   summary = json.loads((work / "sweep_summary.json").read_text())
   assert summary["train_step_compiles"] == 0 and summary["cache_hits"] > 0
+
+
+# Runs the CLI with Checkpointer.save failing for run directories whose name holds $FAIL_IN,
+# from the $FAIL_FROM-th save of that run on (the earlier ones are real async Orbax saves).
+_FAILING_SAVES = """
+import os, sys
+from signflax.train import checkpoint
+real_save, calls = checkpoint.Checkpointer.save, {}
+def save(self, step, state, extra):
+  if os.environ.get("FAIL_IN") and os.environ["FAIL_IN"] in str(self.directory):
+    calls[step] = True
+    if len(calls) >= int(os.environ["FAIL_FROM"]):
+      raise checkpoint.CheckpointSaveError("checkpoint save failed: injected")
+  return real_save(self, step, state, extra)
+checkpoint.Checkpointer.save = save
+from signflax import cli
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_a_failed_save_is_failed_not_diverged_ends_promptly_and_is_retried(tmp_path):
+  config = _write_config(tmp_path, f"""
+      config.product = [("train.seed", [1])]
+      config.compilation_cache = {str(tmp_path / 'cache')!r}
+      config.base.checkpoint.async_save = True
+  """, steps=16)
+  driver = tmp_path / "driver.py"
+  driver.write_text(_FAILING_SAVES)
+  work = tmp_path / "sweep"
+  cmd = [sys.executable, str(driver), *_sweep_cmd(config, work)[3:]]
+  proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True,
+                          env=dict(_env(), FAIL_IN="000-seed=1", FAIL_FROM="2"))
+  failed_at, lines = None, []
+  for line in proc.stderr:
+    lines.append(line)
+    if "000-seed=1: failed" in line:
+      failed_at = time.monotonic()
+  proc.wait(timeout=600)
+  exited_at = time.monotonic()
+  log = "".join(lines)
+  assert proc.returncode == 0, log[-3000:]
+  assert failed_at is not None, log[-3000:]
+  assert exited_at - failed_at < 30, f"exited {exited_at - failed_at:.0f}s after the failure"
+  records = {r["id"]: r for r in map(json.loads, (work / "sweep.jsonl").read_text().splitlines())}
+  failed = records["000-seed=1"]
+  assert failed["status"] == "failed" and "injected" in failed["reason"], failed
+
+  result = subprocess.run(_sweep_cmd(config, work), capture_output=True, text=True,
+                          env=_env(), timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "000-seed=1: running" in result.stderr and "earlier, skipped" not in result.stderr
+  records = {r["id"]: r for r in map(json.loads, (work / "sweep.jsonl").read_text().splitlines())}
+  assert records["000-seed=1"]["status"] == "done"                # resumed from step 8
+  assert records["000-seed=1"]["tokens"] == 16 * 4 * 32
+  resumed = [json.loads(line) for line in
+             (work / "runs" / "000-seed=1" / "metrics.jsonl").read_text().splitlines()]
+  assert [r["resumed_from_step"] for r in resumed if "resumed_from_step" in r] == [8]
 
 
 def _free_port():

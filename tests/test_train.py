@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from signflax import cli, config_io
+from signflax import cli, config_io, outcomes
 from signflax import model as model_lib
 from signflax import optim
 from signflax.train import optimizer as optimizer_lib
@@ -126,7 +126,7 @@ def test_short_runs_learn_are_deterministic_and_log(tmp_path):
   config = small_config()
   runs = [tmp_path / "a", tmp_path / "b"]
   for workdir in runs:
-    assert trainer.run(config, str(workdir)) == 0
+    assert trainer.run(config, str(workdir)) is outcomes.Finished.DONE
   a, b = (_read_metrics(w) for w in runs)
 
   losses = lambda records, key: [r[key] for r in records if r.get(key) is not None]
@@ -150,7 +150,7 @@ def test_short_runs_learn_are_deterministic_and_log(tmp_path):
 
   # a second run into a finished workdir resumes at the last step: nothing to do, logs alone
   before = (runs[0] / "metrics.jsonl").read_text()
-  assert trainer.run(config, str(runs[0])) == 0
+  assert trainer.run(config, str(runs[0])) is outcomes.Finished.DONE
   assert (runs[0] / "metrics.jsonl").read_text() == before
 
 
@@ -310,3 +310,36 @@ def test_runs_differing_only_in_runtime_values_share_one_compiled_step():
   assert compiles[0] >= 1 and compiles[1:] == [0] * (len(points) - 1), compiles
   assert all(s is steps[0] for s in steps)
   assert rates[:3] == pytest.approx([1e-2, 3e-3, 1e-3])  # each run's own peak, at runtime
+
+
+@pytest.mark.slow
+def test_a_run_writes_only_its_workdir_and_the_per_user_cache(tmp_path):
+  """--workdir HOME/x: nothing lands outside the workdir but $XDG_CACHE_HOME/signflax/jax
+  (~/.cache/... when unset; $JAX_COMPILATION_CACHE_DIR wins when set)."""
+  import os  # noqa: PLC0415
+  import subprocess  # noqa: PLC0415
+  import sys  # noqa: PLC0415
+  home, cwd = tmp_path / "home", tmp_path / "cwd"
+  home.mkdir()
+  cwd.mkdir()
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("XDG_CACHE_HOME", "JAX_COMPILATION_CACHE_DIR")}
+  env.update(HOME=str(home), JAX_PLATFORMS="cpu", PYTHONPATH=str(TINY_CONFIG.parents[3]))
+  env.pop("XLA_FLAGS", None)
+  args = {"model.num_layers": 1, "model.d_model": 32, "model.num_heads": 2,
+          "model.max_seq_len": 32, "data.max_bytes": 200_000, "train.steps": 2,
+          "optimizer.warmup_steps": 0,
+          "train.global_batch_size": 4, "train.seq_len": 32, "train.eval_batches": 1,
+          "checkpoint.async_save": False}
+  cmd = [sys.executable, "-m", "signflax.cli", "train", "--workdir", "~/x"] + [
+      f"--config.{k}={v!r}" for k, v in args.items()]
+  # The CLI expands nothing itself: a shell would, so give it the expanded path.
+  cmd[cmd.index("~/x")] = str(home / "x")
+  result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  cache = home / ".cache" / "signflax" / "jax"
+  written = sorted(p for p in tmp_path.rglob("*") if p.is_file())
+  outside = [p for p in written if not (p.is_relative_to(home / "x") or p.is_relative_to(cache))]
+  assert outside == [], outside
+  assert any(p.is_relative_to(cache) for p in written)  # the cache was used
+  assert (home / "x" / "checkpoints" / "2").is_dir() and not (tmp_path / ".jax_cache").exists()

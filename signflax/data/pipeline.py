@@ -25,46 +25,53 @@ import grain
 import ml_collections
 import numpy as np
 
+from signflax import config_schema as cs
 from signflax.data import sources
 from signflax.data import tokenizer as tokenizer_lib
 
 SOURCES = ("stdlib", "text", "arrayrecord")
 
 
-def default_data_config() -> ml_collections.ConfigDict:
-  """The ``config.data`` fields and their defaults.
+SCHEMA = cs.Schema({
+    "source": cs.choice(*SOURCES, default="stdlib",
+                        doc="stdlib (the running Python's standard library .py files, no "
+                            "download), text (local text files) or arrayrecord (shards "
+                            "written by signflax prepare-data)"),
+    "paths": cs.string(default="",
+                       doc="text: comma-separated files, globs (** ok) or directories; "
+                           "arrayrecord: the prepare-data output directory; unused for stdlib"),
+    "tokenizer": cs.string(default="byte",
+                           doc="byte (ids 0..255, eos 256, bos 257) or a path to a Hugging "
+                               "Face tokenizer.json; arrayrecord: the shards' tokenizer"),
+    "eval_fraction": cs.real(0, 1, low_open=True, high_open=True, default=0.05,
+                             doc="share of the corpus held out for eval (arrayrecord: fixed "
+                                 "when the shards were written)"),
+    "split_by": cs.choice(*sources.SPLIT_BY, default="auto",
+                          doc="auto is file for stdlib and tail for text "
+                              "(signflax.data.sources)"),
+    "max_bytes": cs.integer(0, default=0,
+                            doc="cap on the raw text bytes read, 0 = all (stdlib/text only)"),
+    "shuffle": cs.boolean(default=True,
+                          doc="shuffle train windows with the seed (eval never is)"),
+    "num_workers": cs.integer(0, default=0,
+                              doc="grain worker processes (0 = read in the training process)"),
+    "prefetch": cs.integer(0, default=2,
+                           doc="batches read ahead by a background thread (0 = synchronous)"),
+}, doc="What the model reads: source, tokenizer, eval split and the Grain pipeline.")
 
-  Fields:
-    source: "stdlib" (the running Python's standard library ``.py`` files, no
-      download), "text" (local text files) or "arrayrecord" (shards written by
-      ``signflax prepare-data``).
-    paths: text: comma-separated files, globs (``**`` ok) or directories;
-      arrayrecord: the prepare-data output directory. Unused for stdlib.
-    tokenizer: "byte" (ids 0..255, eos 256, bos 257; vocab 258) or a path to
-      a Hugging Face ``tokenizer.json`` (needs ``pip install tokenizers``).
-      arrayrecord: must be the tokenizer the shards were written with.
-    eval_fraction: share of the corpus held out for eval, in (0, 1).
-      arrayrecord: fixed when the shards were written; unused here.
-    split_by: "auto" | "file" | "tail" (see ``signflax.data.sources``); auto
-      is "file" for stdlib and "tail" for text.
-    max_bytes: cap on the raw text bytes read (0 = all), split between eval
-      (``eval_fraction``) and train. stdlib/text only; cap shards with
-      ``prepare-data --max-bytes``.
-    shuffle: shuffle train windows with the seed (eval is never shuffled).
-    num_workers: grain worker processes (0 = read in the training process).
-    prefetch: batches read ahead by a background thread (0 = synchronous).
-  """
-  return ml_collections.ConfigDict(dict(
-      source="stdlib",
-      paths="",
-      tokenizer="byte",
-      eval_fraction=0.05,
-      split_by="auto",
-      max_bytes=0,
-      shuffle=True,
-      num_workers=0,
-      prefetch=2,
-  ))
+
+@SCHEMA.rule
+def _tokenizer_exists(data) -> str | None:
+  try:
+    tokenizer_lib.check_tokenizer_spec(data["tokenizer"])
+  except ValueError as e:
+    return str(e)
+  return None
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+  """The ``config.data`` fields at their defaults (declared in ``SCHEMA``)."""
+  return SCHEMA.defaults()
 
 
 def build_tokenizer(data_config) -> tokenizer_lib.Tokenizer:
@@ -74,30 +81,6 @@ def build_tokenizer(data_config) -> tokenizer_lib.Tokenizer:
 
 # ---------------------------------------------------------------------------
 # Splits.
-
-
-def _check_fields(data_config) -> None:
-  """Checks each field's type and range (cheap; touches no file but tokenizer.json)."""
-  source = data_config.source
-  if source not in SOURCES:
-    raise ValueError(f"config.data.source: unknown source {source!r}; allowed: "
-                     f"{', '.join(SOURCES)}")
-  tokenizer_lib.check_tokenizer_spec(data_config.tokenizer)
-  fraction = data_config.eval_fraction
-  if (isinstance(fraction, bool) or not isinstance(fraction, (int, float))
-      or not 0.0 < fraction < 1.0):
-    raise ValueError(f"config.data.eval_fraction: must be a number in (0, 1), got {fraction!r}")
-  split_by = data_config.split_by
-  if split_by not in sources.SPLIT_BY:
-    raise ValueError(f"config.data.split_by: unknown value {split_by!r}; allowed: "
-                     f"{', '.join(sources.SPLIT_BY)}")
-  for name in ("max_bytes", "num_workers", "prefetch"):
-    value = data_config[name]
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-      raise ValueError(f"config.data.{name}: must be an integer >= 0, got {value!r}")
-  if not isinstance(data_config.shuffle, bool):
-    raise ValueError(f"config.data.shuffle: must be true or false, got "
-                     f"{data_config.shuffle!r}")
 
 
 def _corpus_docs(data_config, split: str) -> tuple[sources.Doc, ...]:
@@ -186,7 +169,7 @@ def validate(data_config, *, seq_len: int, global_batch_size: int,
   windows. With the byte tokenizer nothing is read (file sizes suffice); a
   tokenizer.json corpus is tokenized once and cached for ``make_iterator``.
   """
-  _check_fields(data_config)
+  SCHEMA.check(data_config, prefix="config.data")
   for name, value in (("seq_len", seq_len), ("global_batch_size", global_batch_size),
                       ("process_count", process_count)):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -283,7 +266,7 @@ def _split_inputs_targets(windows_batch: np.ndarray) -> dict[str, np.ndarray]:
 
 def unigram_counts(data_config, split: str = "eval") -> np.ndarray:
   """int64[vocab_size] token counts of ``split``'s stream (separators included)."""
-  _check_fields(data_config)
+  SCHEMA.check(data_config, prefix="config.data")
   _check_split(split)
   vocab_size = build_tokenizer(data_config).vocab_size
   if data_config.source == "arrayrecord":

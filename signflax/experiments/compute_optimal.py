@@ -26,6 +26,7 @@ import time
 import numpy as np
 from scipy import stats
 
+from signflax import config_schema as cs
 from signflax import linreg
 from signflax.experiments import linreg as lab
 from signflax.linreg import plrf, theory
@@ -37,72 +38,83 @@ OPTIMIZERS = ("sgd", "momentum", "sign_sgd", "signum", "adamw", "lion")
 # ----------------------------------------------------------------------------- validation
 
 
-def _positive_int(config, field: str, minimum: int = 1) -> int:
-  value = lab._need(config, field)
-  if not isinstance(value, int) or value < minimum:
-    lab._fail(field, f"must be an integer >= {minimum}", value)
-  return value
+SCHEMA = cs.Schema({
+    "experiment": cs.choice("compute_optimal", doc="this experiment"),
+    "cases": cs.anything(optional=False,
+                         doc="name -> {alpha, beta}: data/feature decay alpha > 0, target "
+                             "decay beta with 2(alpha + beta) > 1"),
+    "num_features": cs.integer(1, doc="v, the features shared by every model size (>= max d)"),
+    "dims": cs.anything(optional=False, doc="increasing model sizes d >= 1, one compiled "
+                                            "program each"),
+    "noise_std": cs.real(0, doc="label noise (0 in the papers)"),
+    "batch_size": cs.integer(1, doc="samples per step"),
+    "optimizers": cs.names(*OPTIMIZERS, doc="signflax.optim names"),
+    "schedules": cs.names(*plrf.SCHEDULES, doc="stable_decay = WSD without warmup"),
+    "decay_fraction": cs.real(0, 1, low_open=True, doc="WSD: the share of steps decaying"),
+    "warmup_fraction": cs.real(0, 1, high_open=True,
+                               doc="WSD: the share of steps warming up (< 1 - decay_fraction)"),
+    "log2_compute_min": cs.integer(0, doc="smallest compute budget F = 2^log2_compute_min"),
+    "log2_compute_max": cs.integer(0, doc="largest compute budget (>= min + 2)"),
+    "min_steps": cs.integer(1, doc="every (d, F) gets at least this many steps"),
+    "sgd_lr_min": cs.real(0, low_open=True, doc="SGD family: smallest peak learning rate"),
+    "sgd_lr_max": cs.real(0, low_open=True, doc="SGD family: largest peak learning rate"),
+    "sign_lr_min": cs.real(0, low_open=True, doc="sign family: smallest peak learning rate"),
+    "sign_lr_max": cs.real(0, low_open=True, doc="sign family: largest peak learning rate"),
+    "lr_points_per_octave": cs.integer(1, doc="grid points per factor of 2"),
+    "num_seeds": cs.integer(1, doc="independent runs averaged per point"),
+    "num_embeddings": cs.integer(
+        1, doc="feature matrices W (seeds seed..seed+E-1); exponents are reported as the mean "
+        "and 95% interval over W"),
+    "num_devices": cs.integer(0, doc="devices the seeds are split over (0 = all)"),
+    "seed": cs.integer(0, doc="the first seed"),
+}, doc="``signflax linreg --config linreg/compute_optimal``: every field is set by the "
+       "packaged config (no defaults).", open_groups=("cases",))
 
 
-def _names(config, field: str, allowed) -> None:
-  names = lab._need(config, field)
-  if isinstance(names, str) or not names:
-    lab._fail(field, f"must be a non-empty tuple of names from {', '.join(allowed)}", names)
-  for name in names:
-    if name not in allowed:
-      lab._fail(field, f"unknown name {name!r}; allowed: {', '.join(allowed)}", names)
+@SCHEMA.rule
+def _cases_are_power_laws(c) -> str | None:
+  if not hasattr(c.cases, "items") or not c.cases:
+    return lab.bad("cases", "must be a non-empty dict name -> {alpha, beta}", c.cases)
+  for name, case in c.cases.items():
+    for field in ("alpha", "beta"):
+      if field not in case:
+        return lab.bad(f"cases.{name}", f"missing {field}", case)
+    if not isinstance(case.alpha, (int, float)) or case.alpha <= 0:
+      return lab.bad(f"cases.{name}.alpha", "must be > 0", case.alpha)
+    if not isinstance(case.beta, (int, float)) or 2 * (case.alpha + case.beta) <= 1:
+      return lab.bad(f"cases.{name}.beta", "must make 2(alpha + beta) > 1", case.beta)
+  return None
+
+
+@SCHEMA.rule
+def _grids_fit(c) -> str | None:
+  dims = c.dims
+  if isinstance(dims, (int, str)) or not dims:
+    return lab.bad("dims", "must be a non-empty tuple of model sizes d >= 1", dims)
+  if any(not isinstance(d, int) or d < 1 for d in dims) or list(dims) != sorted(set(dims)):
+    return lab.bad("dims", "must be increasing integers >= 1", dims)
+  if c.num_features < max(dims):
+    return lab.bad("num_features", f"must be >= max(dims)={max(dims)} (v >= d)", c.num_features)
+  c_min, c_max = c.log2_compute_min, c.log2_compute_max
+  if c_max < c_min + 2:
+    return lab.bad("log2_compute_max", f"must be >= log2_compute_min + 2 = {c_min + 2} to fit "
+                   "an exponent", c_max)
+  samples = max(dims) * c.min_steps * c.batch_size
+  if 2 ** c_min < samples:
+    return lab.bad("log2_compute_min", "budget 2^log2_compute_min must give the largest d at "
+                   f"least min_steps x batch_size samples (>= {samples})", c_min)
+  for family in ("sgd", "sign"):
+    lo, hi = c[f"{family}_lr_min"], c[f"{family}_lr_max"]
+    if not hi >= lo:
+      return lab.bad(f"{family}_lr_max", f"must be >= {family}_lr_min={lo}", hi)
+  if not c.warmup_fraction < 1 - c.decay_fraction:
+    return lab.bad("warmup_fraction", "must be in [0, 1 - decay_fraction)", c.warmup_fraction)
+  return None
 
 
 def validate(config) -> None:
-  """Checks every field of the experiment; raises a one-line ValueError naming it."""
-  cases = lab._need(config, "cases")
-  if not hasattr(cases, "items") or not cases:
-    lab._fail("cases", "must be a non-empty dict name -> {alpha, beta}", cases)
-  for name, case in cases.items():
-    for field in ("alpha", "beta"):
-      if field not in case:
-        lab._fail(f"cases.{name}", f"missing {field}", case)
-    if not isinstance(case.alpha, (int, float)) or case.alpha <= 0:
-      lab._fail(f"cases.{name}.alpha", "must be > 0", case.alpha)
-    if not isinstance(case.beta, (int, float)) or 2 * (case.alpha + case.beta) <= 1:
-      lab._fail(f"cases.{name}.beta", "must make 2(alpha + beta) > 1", case.beta)
-  dims = lab._need(config, "dims")
-  if isinstance(dims, (int, str)) or not dims:
-    lab._fail("dims", "must be a non-empty tuple of model sizes d >= 1", dims)
-  if any(not isinstance(d, int) or d < 1 for d in dims) or list(dims) != sorted(set(dims)):
-    lab._fail("dims", "must be increasing integers >= 1", dims)
-  if _positive_int(config, "num_features") < max(dims):
-    lab._fail("num_features", f"must be >= max(dims)={max(dims)} (v >= d)", config.num_features)
-  _names(config, "optimizers", OPTIMIZERS)
-  _names(config, "schedules", plrf.SCHEDULES)
-  _positive_int(config, "batch_size")
-  _positive_int(config, "min_steps")
-  c_min, c_max = _positive_int(config, "log2_compute_min", 0), _positive_int(
-      config, "log2_compute_max", 0)
-  if c_max < c_min + 2:
-    lab._fail("log2_compute_max", f"must be >= log2_compute_min + 2 = {c_min + 2} to fit "
-              "an exponent", c_max)
-  if 2 ** c_min < max(dims) * config.min_steps * config.batch_size:
-    lab._fail("log2_compute_min", "budget 2^log2_compute_min must give the largest d at least "
-              f"min_steps x batch_size samples (>= {max(dims) * config.min_steps * config.batch_size})",
-              c_min)
-  for family in ("sgd", "sign"):
-    lo, hi = lab._need(config, f"{family}_lr_min"), lab._need(config, f"{family}_lr_max")
-    if not lo > 0:
-      lab._fail(f"{family}_lr_min", "must be > 0", lo)
-    if not hi >= lo:
-      lab._fail(f"{family}_lr_max", f"must be >= {family}_lr_min={lo}", hi)
-  _positive_int(config, "lr_points_per_octave")
-  if not 0 < lab._need(config, "decay_fraction") <= 1:
-    lab._fail("decay_fraction", "must be in (0, 1]", config.decay_fraction)
-  if not 0 <= lab._need(config, "warmup_fraction") < 1 - config.decay_fraction:
-    lab._fail("warmup_fraction", "must be in [0, 1 - decay_fraction)", config.warmup_fraction)
-  if lab._need(config, "noise_std") < 0:
-    lab._fail("noise_std", "must be >= 0", config.noise_std)
-  _positive_int(config, "num_seeds")
-  _positive_int(config, "num_embeddings")
-  _positive_int(config, "num_devices", 0)
-  lab._need(config, "seed")
+  """Checks every field of the experiment (``SCHEMA``); raises a one-line ValueError."""
+  SCHEMA.check(config)
 
 
 # ----------------------------------------------------------------------------- sweep

@@ -37,16 +37,17 @@ The laws (k: step, B: batch size, eta: learning rate, D: tokens):
 from __future__ import annotations
 
 import argparse
+import io
 import itertools
 import json
 import math
 import pathlib
-import sys
 from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 from scipy import optimize
 
+from signflax import outcomes, storage
 from signflax.experiments.sweep import read_metrics
 
 LAWS = ("collapse", "predict", "data_scaling", "batch", "phase")
@@ -372,8 +373,9 @@ class SweepData(NamedTuple):
   excluded: list[dict]         # {"id", "status", "reason"}: failed, diverged, missing
 
 
-def load_sweep(sweep_dir: str | pathlib.Path) -> SweepData:
-  sweep_dir = pathlib.Path(sweep_dir)
+def load_sweep(sweep_dir: storage.PathLike) -> SweepData:
+  """The sweep's records (local or ``gs://``): the done ones and why the others are out."""
+  sweep_dir = storage.path(sweep_dir)
   path = sweep_dir / "sweep.jsonl"
   if not path.is_file():
     raise ValueError(f"--sweep: {sweep_dir} has no sweep.jsonl (run `signflax sweep` first)")
@@ -398,7 +400,7 @@ def load_sweep(sweep_dir: str | pathlib.Path) -> SweepData:
   return SweepData(done, excluded)
 
 
-def load_curve(sweep_dir: pathlib.Path, record: dict, key: str = "train_loss") -> Curve | None:
+def load_curve(sweep_dir: storage.PathLike, record: dict, key: str = "train_loss") -> Curve | None:
   metrics = [m for m in read_metrics(sweep_dir / "runs" / record["id"])
              if m.get("step", 0) > 0 and isinstance(m.get(key), (int, float))
              and math.isfinite(m[key])]
@@ -434,6 +436,13 @@ def _plt():
   return plt
 
 
+def _save_figure(fig, path) -> None:
+  """Writes a PNG to a local or ``gs://`` path."""
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=100)
+  storage.path(path).write_bytes(buffer.getvalue())
+
+
 def _law_collapse(sweep_dir, data, out_dir, options) -> tuple[dict, list[str]]:
   plt, results, table = _plt(), {}, []
   for name, records in _by_optimizer(data.records).items():
@@ -455,7 +464,7 @@ def _law_collapse(sweep_dir, data, out_dir, options) -> tuple[dict, list[str]]:
     axes[2].set(xlabel="1/sqrt(B)", ylabel="plateau L_B", title="plateau vs 1/sqrt(B)")
     axes[0].legend()
     fig.tight_layout()
-    fig.savefig(out_dir / f"collapse_{name}.png", dpi=100)
+    _save_figure(fig, out_dir / f"collapse_{name}.png")
     plt.close(fig)
     p = res["batch_exponent_p"]
     row = (f"{name:10s} p = {p['value']:.3f} ± {p['stderr']:.3f} (0.5: sqrt(B) eta k, 0: eta k) | "
@@ -503,7 +512,7 @@ def _law_predict(sweep_dir, data, out_dir, options):
                    f"(held-out rel. err {res[form]['mean_rel_error_held_out']:.2%})")
       ax.legend()
     fig.tight_layout()
-    fig.savefig(out_dir / f"predict_{name}.png", dpi=100)
+    _save_figure(fig, out_dir / f"predict_{name}.png")
     plt.close(fig)
     for form in ("sign", "sgd"):
       per = ", ".join(f"B={e['batch']}: {e['mean_rel_error']:.2%}" for e in res[form]["held_out"])
@@ -546,7 +555,7 @@ def _law_data_scaling(sweep_dir, data, out_dir, options):
   ax.set(xlabel="tokens D", ylabel="best loss - L0", title="data scaling (shared L0)")
   ax.legend()
   fig.tight_layout()
-  fig.savefig(out_dir / "data_scaling.png", dpi=100)
+  _save_figure(fig, out_dir / "data_scaling.png")
   plt.close(fig)
   table = [f"L0 = {res['L0']['value']:.4f}"]
   for n in budgets:
@@ -582,7 +591,7 @@ def _law_batch(sweep_dir, data, out_dir, options):
   ax.set(xlabel="batch size B", ylabel="final loss (eta tuned per B)")
   ax.legend()
   fig.tight_layout()
-  fig.savefig(out_dir / "batch.png", dpi=100)
+  _save_figure(fig, out_dir / "batch.png")
   plt.close(fig)
   return results, table
 
@@ -619,7 +628,7 @@ def _law_phase(sweep_dir, data, out_dir, options):
         pass  # a degenerate triangulation (points on a line): the scatter alone
     ax.set(xlabel="log10 eta", ylabel="log10 B", title=f"{name}: final loss at fixed D")
     fig.tight_layout()
-    fig.savefig(out_dir / f"phase_{name}.png", dpi=100)
+    _save_figure(fig, out_dir / f"phase_{name}.png")
     plt.close(fig)
     if "error" in res:
       table.append(f"{name:10s} {res['error']}")
@@ -639,14 +648,14 @@ def fit_sweep(sweep_dir: str | pathlib.Path, law: str, out_dir: str | pathlib.Pa
   """Runs ``law`` on a sweep directory; writes results.json and PNGs; returns the results."""
   if law not in LAWS:
     raise ValueError(f"--law: {law!r} is not one of {', '.join(LAWS)}")
-  sweep_dir = pathlib.Path(sweep_dir)
+  sweep_dir = storage.path(sweep_dir)
   data = load_sweep(sweep_dir)
-  out_dir = pathlib.Path(out_dir) if out_dir else sweep_dir / "fits" / law
+  out_dir = storage.path(out_dir) if out_dir else sweep_dir / "fits" / law
   out_dir.mkdir(parents=True, exist_ok=True)
   results, table = _LAW_FUNCTIONS[law](sweep_dir, data, out_dir, options)
   payload = {"law": law, "sweep": str(sweep_dir), "points_fitted": len(data.records),
              "excluded": data.excluded, "results": results}
-  (out_dir / "results.json").write_text(json.dumps(payload, indent=1) + "\n")
+  storage.write_text(out_dir / "results.json", json.dumps(payload, indent=1) + "\n")
   print(f"fit {law} on {sweep_dir}: {len(data.records)} points"
         + (f"; left out {len(data.excluded)}: "
            + ", ".join(f"{e['id']} ({e['status']}: {e['reason']})" for e in data.excluded)
@@ -675,7 +684,8 @@ def main(argv: Sequence[str]) -> int:
   try:
     fit_sweep(args.sweep, args.law, args.out, fractions=args.fractions,
               bootstrap=args.bootstrap, tolerance=args.tolerance)
-  except ValueError as e:
-    print(f"signflax fit: error: {e}", file=sys.stderr)
-    return 2
+  except outcomes.SignflaxError:
+    raise
+  except ValueError as e:  # bad input: one line and exit 2 (signflax.cli.main)
+    raise outcomes.BadInput(outcomes.one_line(e)) from e
   return 0

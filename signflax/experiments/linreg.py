@@ -29,6 +29,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from signflax import config_schema as cs
 from signflax import linreg
 from signflax.optim import get_optimizer, wsd_schedule
 from signflax.metric_writers import EventWriter
@@ -44,102 +45,108 @@ FAMILY = {"sgd": "sgd", "momentum": "sgd", "sign_sgd": "sign", "signum": "sign",
 # ----------------------------------------------------------------------------- validation
 
 
-def _fail(field: str, message: str, value: Any) -> None:
-  raise ValueError(f"config.{field}: {message}, got {value!r}")
+def bad(field: str, message: str, value: Any) -> str:
+  """A rule's one-line message: ``config.<field>: <message>, got <value>``."""
+  return f"config.{field}: {message}, got {value!r}"
 
 
-def _need(config, field: str):
-  if field not in config:
-    raise ValueError(f"config.{field}: missing (see configs/linreg/*.py for the fields)")
-  return config[field]
+_COMMON = {
+    "experiment": cs.choice(*EXPERIMENTS, doc="which experiment (compute_optimal: its own "
+                                             "schema, signflax.experiments.compute_optimal)"),
+    "dim": cs.integer(1, doc="number of features d"),
+    "alpha": cs.real(1, low_open=True,
+                     doc="target decay: lambda_j theta*_j^2 = j^-alpha"),
+    "beta": cs.real(1, low_open=True, doc="spectrum decay: lambda_j = j^-beta"),
+    "noise_std": cs.real(0, doc="label noise sigma"),
+    "noise_model": cs.choice(*linreg.NOISE_MODELS,
+                             doc="hessian_aligned (the theory's) or minibatch (real samples)"),
+    "optimizers": cs.names(*OPTIMIZERS, doc="signflax.optim names, one curve each"),
+    "schedule": cs.choice(*SCHEDULES, doc="constant, or wsd (runs grouped by horizon K = D/B)"),
+    "decay_fraction": cs.real(0, 1, low_open=True, doc="wsd: the share of steps decaying"),
+    "num_seeds": cs.integer(1, doc="independent runs averaged per point"),
+    "num_devices": cs.integer(0, doc="devices the seeds are split over (0 = all)"),
+    "seed": cs.integer(0, doc="the first seed"),
+}
+_GRID = {
+    "lr_min": cs.real(0, low_open=True, doc="smallest effective learning rate gamma"),
+    "lr_max": cs.real(0, low_open=True, doc="largest effective learning rate gamma"),
+    "lr_points_per_octave": cs.integer(1, doc="grid points per factor of 2 in gamma"),
+    "lr_grid_offset": cs.real(0, 1, high_open=True,
+                              doc="grid points off the powers of two, in grid steps"),
+    "stable_only": cs.boolean(required=False,
+                              doc="only cells inside the laws' stable region (not "
+                                  "phase_diagram)"),
+    "log2_batch_min": cs.integer(0, doc="smallest batch B = 2^log2_batch_min"),
+    "log2_batch_max": cs.integer(0, doc="largest batch"),
+    "log2_budget_min": cs.integer(doc="smallest data budget D = 2^log2_budget_min"),
+    "log2_budget_max": cs.integer(doc="largest data budget"),
+}
+_ODE = {
+    "ode_learning_rate": cs.real(0, low_open=True, doc="step size eta / d"),
+    "ode_time": cs.real(0, low_open=True, doc="the ODE's horizon t = k / d"),
+    "ode_num_times": cs.integer(2, doc="times the simulation and the ODE are compared at"),
+}
+
+
+def _grid_rules(experiment: str):
+  def rule(c) -> str | None:
+    if c.lr_min > c.lr_max:
+      return bad("lr_min", f"must be <= lr_max={c.lr_max}", c.lr_min)
+    if experiment != "phase_diagram" and "stable_only" not in c:
+      return "config.stable_only: missing; expected true or false"
+    if c.lr_min * 2 ** (c.lr_grid_offset / c.lr_points_per_octave) > c.lr_max:
+      return bad("lr_grid_offset", "leaves no learning rate in [lr_min, lr_max]",
+                 c.lr_grid_offset)
+    b_min, b_max = c.log2_batch_min, c.log2_batch_max
+    d_min, d_max = c.log2_budget_min, c.log2_budget_max
+    if b_max < b_min:
+      return bad("log2_batch_max", f"must be an integer >= log2_batch_min={b_min}", b_max)
+    if d_min > d_max:
+      return bad("log2_budget_min", f"must be an integer <= log2_budget_max={d_max}", d_min)
+    if d_min < b_min:
+      return bad("log2_budget_min", f"budget D=2^{d_min} is below the smallest batch "
+                 f"B=2^{b_min}; must be >= log2_batch_min", d_min)
+    if experiment == "phase_diagram" and b_max >= d_max:
+      return bad("log2_batch_max", f"must be < log2_budget_max={d_max} (at least two steps "
+                 "per run)", b_max)
+    if experiment == "data_scaling" and d_max - d_min < 2:
+      return bad("log2_budget_max", "must be >= log2_budget_min + 2 to fit an exponent", d_max)
+    if experiment == "batch_scaling" and b_max - b_min < 2:
+      return bad("log2_batch_max", "must be >= log2_batch_min + 2 to locate a critical batch",
+                 b_max)
+    return None
+  return rule
+
+
+def _ode_needs_real_samples(c) -> str | None:
+  if c.noise_model != "minibatch":
+    return bad("noise_model", "must be 'minibatch' for ode_check (one real sample per step)",
+               c.noise_model)
+  return None
+
+
+def _schema(experiment: str) -> cs.Schema:
+  schema = cs.Schema({**_COMMON, **(_ODE if experiment == "ode_check" else _GRID)},
+                     doc=f"``signflax linreg --config linreg/{experiment}``: every field is set "
+                         "by the packaged config (no defaults).")
+  schema.rule(_ode_needs_real_samples if experiment == "ode_check" else _grid_rules(experiment))
+  return schema
+
+
+SCHEMAS = {experiment: _schema(experiment) for experiment in EXPERIMENTS}
 
 
 def validate(config) -> None:
-  """Checks every field the chosen experiment uses; raises a one-line ValueError."""
-  if config.get("experiment") == "compute_optimal":  # model-size lab, its own module
+  """Checks every field the chosen experiment uses (``SCHEMAS``); raises a one-line
+  ValueError."""
+  experiment = config.get("experiment")
+  if experiment == "compute_optimal":  # model-size lab, its own module
     from signflax.experiments import compute_optimal
-    return compute_optimal.validate(config)
-  experiment = _need(config, "experiment")
-  if experiment not in EXPERIMENTS:
-    _fail("experiment", f"must be one of {', '.join(EXPERIMENTS)}", experiment)
-  for field in ("alpha", "beta"):
-    value = _need(config, field)
-    if not isinstance(value, (int, float)) or value <= 1:
-      _fail(field, "must be > 1", value)
-  dim = _need(config, "dim")
-  if not isinstance(dim, int) or dim < 1:
-    _fail("dim", "must be an integer >= 1", dim)
-  if _need(config, "noise_std") < 0:
-    _fail("noise_std", "must be >= 0", config.noise_std)
-  if _need(config, "noise_model") not in linreg.NOISE_MODELS:
-    _fail("noise_model", f"must be one of {', '.join(linreg.NOISE_MODELS)}", config.noise_model)
-  optimizers = _need(config, "optimizers")
-  if isinstance(optimizers, str) or not optimizers:
-    _fail("optimizers", f"must be a non-empty tuple of names from {', '.join(OPTIMIZERS)}",
-          optimizers)
-  for name in optimizers:
-    if name not in OPTIMIZERS:
-      _fail("optimizers", f"unknown optimizer {name!r}; allowed: {', '.join(OPTIMIZERS)}",
-            optimizers)
-  if _need(config, "schedule") not in SCHEDULES:
-    _fail("schedule", f"must be one of {', '.join(SCHEDULES)}", config.schedule)
-  if not 0 < _need(config, "decay_fraction") <= 1:
-    _fail("decay_fraction", "must be in (0, 1]", config.decay_fraction)
-  if not isinstance(_need(config, "num_seeds"), int) or config.num_seeds < 1:
-    _fail("num_seeds", "must be an integer >= 1", config.num_seeds)
-  if not isinstance(_need(config, "num_devices"), int) or config.num_devices < 0:
-    _fail("num_devices", "must be an integer >= 0 (0 = all devices)", config.num_devices)
-  if experiment == "ode_check":
-    _validate_ode(config)
-  else:
-    _validate_grid(config, experiment)
-
-
-def _validate_grid(config, experiment: str) -> None:
-  for field in ("lr_min", "lr_max"):
-    if _need(config, field) <= 0:
-      _fail(field, "must be > 0 (learning rates are positive)", config[field])
-  if config.lr_min > config.lr_max:
-    _fail("lr_min", f"must be <= lr_max={config.lr_max}", config.lr_min)
-  if not isinstance(_need(config, "lr_points_per_octave"), int) or config.lr_points_per_octave < 1:
-    _fail("lr_points_per_octave", "must be an integer >= 1", config.lr_points_per_octave)
-  offset = _need(config, "lr_grid_offset")
-  if isinstance(offset, bool) or not isinstance(offset, (int, float)) or not 0 <= offset < 1:
-    _fail("lr_grid_offset", "must be a number in [0, 1) (grid points)", offset)
-  if experiment != "phase_diagram" and not isinstance(_need(config, "stable_only"), bool):
-    _fail("stable_only", "must be True or False", config.stable_only)
-  if config.lr_min * 2 ** (offset / config.lr_points_per_octave) > config.lr_max:
-    _fail("lr_grid_offset", f"leaves no learning rate in [lr_min, lr_max]", offset)
-  b_min, b_max = _need(config, "log2_batch_min"), _need(config, "log2_batch_max")
-  if not isinstance(b_min, int) or b_min < 0:
-    _fail("log2_batch_min", "must be an integer >= 0 (batch size B >= 1)", b_min)
-  if not isinstance(b_max, int) or b_max < b_min:
-    _fail("log2_batch_max", f"must be an integer >= log2_batch_min={b_min}", b_max)
-  d_min, d_max = _need(config, "log2_budget_min"), _need(config, "log2_budget_max")
-  if not isinstance(d_max, int) or not isinstance(d_min, int) or d_min > d_max:
-    _fail("log2_budget_min", f"must be an integer <= log2_budget_max={d_max}", d_min)
-  if d_min < b_min:
-    _fail("log2_budget_min", f"budget D=2^{d_min} is below the smallest batch B=2^{b_min}; "
-          "must be >= log2_batch_min", d_min)
-  if experiment == "phase_diagram" and b_max >= d_max:
-    _fail("log2_batch_max", f"must be < log2_budget_max={d_max} (at least two steps per run)",
-          b_max)
-  if experiment == "data_scaling" and d_max - d_min < 2:
-    _fail("log2_budget_max", f"must be >= log2_budget_min + 2 to fit an exponent", d_max)
-  if experiment == "batch_scaling" and b_max - b_min < 2:
-    _fail("log2_batch_max", f"must be >= log2_batch_min + 2 to locate a critical batch", b_max)
-
-
-def _validate_ode(config) -> None:
-  if _need(config, "ode_learning_rate") <= 0:
-    _fail("ode_learning_rate", "must be > 0", config.ode_learning_rate)
-  if _need(config, "ode_time") <= 0:
-    _fail("ode_time", "must be > 0", config.ode_time)
-  if not isinstance(_need(config, "ode_num_times"), int) or config.ode_num_times < 2:
-    _fail("ode_num_times", "must be an integer >= 2", config.ode_num_times)
-  if config.noise_model != "minibatch":
-    _fail("noise_model", "must be 'minibatch' for ode_check (one real sample per step)",
-          config.noise_model)
+    return compute_optimal.SCHEMA.check(config)
+  if experiment not in SCHEMAS:
+    raise ValueError(f"config.experiment: must be one of {', '.join(EXPERIMENTS)}, "
+                     f"compute_optimal, got {experiment!r}")
+  SCHEMAS[experiment].check(config)
 
 
 # ----------------------------------------------------------------------------- helpers

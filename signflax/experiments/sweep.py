@@ -40,10 +40,10 @@ import argparse
 import contextlib
 import copy
 import fcntl
-import importlib.util
 import itertools
 import json
 import math
+import os
 import pathlib
 import shlex
 import sys
@@ -53,24 +53,19 @@ from typing import Any, NamedTuple, Sequence
 import ml_collections
 from etils import epath
 
-from signflax import config_io, storage
+from signflax import config_io, metric_writers, outcomes, storage
 
 PSEUDO_FIELDS = ("gamma", "tokens")
 # compilation_cache: a directory shared by several sweeps (default DIR/.jax_cache)
 SWEEP_FIELDS = ("base", "product", "zip", "gamma_rules", "gamma_base_batch_size",
                 "compilation_cache")
 RULES = ("sqrt", "linear")
-FINAL = ("done", "diverged")  # statuses a rerun does not repeat
-_CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"  # the packaged configs
+FINAL = ("done", "diverged")  # statuses a rerun does not repeat ("failed" is retried)
 
 
 def base_config(path: str) -> ml_collections.ConfigDict:
-  """``get_config()`` of the packaged ``signflax/configs/<path>`` (e.g. ``"lm/tiny.py"``)."""
-  file = _CONFIGS / path
-  spec = importlib.util.spec_from_file_location(f"_signflax_base_{file.stem}", file)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  """``get_config()`` of a packaged config (``"lm/tiny.py"`` or ``"lm/tiny"``) or a file."""
+  return config_io.load_config_file(path)
 
 
 class Point(NamedTuple):
@@ -101,33 +96,7 @@ def _axes(config, group: str) -> list[tuple[str, list]]:
 
 def _set_field(config, group: str, field: str, value) -> None:
   """``config.<field> = value``, type-checked like a command-line override."""
-  *parents, leaf = field.split(".")
-  node = config
-  for depth, name in enumerate(parents):
-    if name not in node or not isinstance(node[name], ml_collections.ConfigDict):
-      raise ValueError(f"config.{group}[{field}]: the base config has no group "
-                       f"{'.'.join(parents[:depth + 1])!r}; groups here: "
-                       f"{', '.join(sorted(k for k in node.keys()))}")
-    node = node[name]
-  if leaf not in node:
-    raise ValueError(f"config.{group}[{field}]: the base config has no field {field!r}; "
-                     f"fields of {'.'.join(parents) or 'config'}: {', '.join(sorted(node.keys()))}")
-  old = node[leaf]
-  if isinstance(old, ml_collections.ConfigDict):
-    raise ValueError(f"config.{group}[{field}]: is a group of fields; sweep one of "
-                     f"{', '.join(sorted(old.keys()))}")
-  ok = (old is None or value is None
-        or (isinstance(old, bool) and isinstance(value, bool))
-        or (not isinstance(old, bool) and isinstance(old, int)
-            and isinstance(value, int) and not isinstance(value, bool))
-        or (isinstance(old, float) and isinstance(value, (int, float))
-            and not isinstance(value, bool))
-        or (isinstance(old, str) and isinstance(value, str)))
-  if not ok:
-    raise ValueError(f"config.{group}[{field}]: value {value!r} has type "
-                     f"{type(value).__name__}; the field holds a {type(old).__name__}")
-  with node.unlocked():
-    node[leaf] = float(value) if isinstance(old, float) else value
+  config_io.set_field(config, field, value, where=f"config.{group}[{field}]")
 
 
 def _short(field: str) -> str:
@@ -224,18 +193,14 @@ def _atomic_write(path: epath.Path, text: str) -> None:
   storage.write_text(path, text)
 
 
-def read_metrics(run_dir: pathlib.Path) -> list[dict]:
+def read_metrics(run_dir: storage.PathLike) -> list[dict]:
   """``metrics.jsonl`` records by step (a step logged twice after a resume: the later wins)."""
-  by_step: dict[int, dict] = {}
   try:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    records = metric_writers.read_records(storage.path(run_dir) / metric_writers.METRICS_FILE)
   except OSError:
     return []
-  for line in lines:
-    try:
-      record = json.loads(line)
-    except ValueError:
-      continue  # a torn last line from a kill
+  by_step: dict[int, dict] = {}
+  for record in records:
     by_step.setdefault(record["step"], {}).update(record)
   return [by_step[s] for s in sorted(by_step)]
 
@@ -342,20 +307,6 @@ class CompileCounter:
             "compiled": sorted({n for n, _ in compiles})}
 
 
-def enable_compilation_cache(directory: epath.Path) -> None:
-  """JAX's persistent compilation cache in ``directory``, caching every executable.
-
-  A step whose HLO is unchanged (another seed; another learning rate when the
-  step takes it as an input) is then loaded instead of compiled, in this
-  process and in any later or parallel one (a resumed sweep, ``--point`` jobs).
-  """
-  import jax  # noqa: PLC0415
-  directory.mkdir(parents=True, exist_ok=True)
-  jax.config.update("jax_compilation_cache_dir", str(directory))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-
-
 # ----------------------------------------------------------------------------- running
 
 
@@ -365,25 +316,27 @@ def _run_point(point: Point, run_dir: pathlib.Path, counter: CompileCounter) -> 
   from signflax.train import trainer  # noqa: PLC0415
   t = point.config.train
   run_dir.mkdir(parents=True, exist_ok=True)
-  tensorboard_extras.write_hparams(run_dir / "tb", point.values, point.config)
+  tensorboard_extras.write_hparams(run_dir / metric_writers.TB_DIR, point.values,
+                                  point.config)
   mark, start, cpu = counter.mark(), time.monotonic(), time.process_time()
   try:
-    code, reason = trainer.run(point.config, str(run_dir)), ""
+    outcome, reason = trainer.run(point.config, str(run_dir)), ""
+  except outcomes.Diverged as e:
+    outcome, reason = e, outcomes.one_line(e)[:500]
   except Exception as e:  # noqa: BLE001 - a failing point is recorded; the sweep goes on
-    code, reason = None, f"{type(e).__name__}: {e}".replace("\n", " ")[:500]
+    outcome, reason = e, f"{type(e).__name__}: {outcomes.one_line(e)}"[:500]
   summary = summarize_run(run_dir)
-  if code == 0 and summary["last_step"] < t.steps:
-    status = "interrupted"
-    reason = f"stopped at step {summary['last_step']} of {t.steps} (preempted)"
-  elif code == 0:
+  if outcome is outcomes.Finished.DONE and summary["last_step"] >= t.steps:
     status = "done"
-  elif code == 1:
+  elif isinstance(outcome, outcomes.Finished):  # preempted or interrupted, or nothing logged
+    status = "interrupted"
+    reason = f"stopped at step {summary['last_step']} of {t.steps} ({outcome.value})"
+  elif isinstance(outcome, outcomes.Diverged):
     status = "diverged"
     reason = (f"non-finite loss after step {summary['last_step']} (last finite train loss "
               f"{summary['final_train_loss']})")
-  else:
+  else:  # a failed save, a transient read error, a bug: retried on a rerun
     status = "failed"
-    reason = reason or f"trainer exited with code {code}"
   return {"index": point.index, "id": point.id, "values": point.values,
           "learning_rate": point.config.optimizer.learning_rate,
           "optimizer": point.config.optimizer.name,
@@ -412,15 +365,16 @@ def run(config, workdir: str, *, point: int | None = None) -> int:
   workdir = storage.path(workdir)
   points = expand(config)
   if point is not None and not 0 <= point < len(points):
-    print(f"signflax sweep: error: --point: {point} is outside 0..{len(points) - 1}",
-          file=sys.stderr)
-    return 2
+    raise outcomes.UsageError(f"--point: {point} is outside 0..{len(points) - 1}")
   workdir.mkdir(parents=True, exist_ok=True)
   _atomic_write(workdir / "sweep_config.json", json.dumps(
       {"points": [{"index": p.index, "id": p.id, "values": p.values} for p in points]},
       indent=1) + "\n")
-  enable_compilation_cache(storage.path(config.get("compilation_cache")
-                                      or workdir / ".jax_cache"))
+  # Every point compiles into the sweep's cache (config.train.compilation_cache_dir):
+  # a rerun, a --point job or another sweep naming the same cache loads instead.
+  cache = os.fspath(storage.path(config.get("compilation_cache") or workdir / ".jax_cache"))
+  for p in points:
+    p.config.train.compilation_cache_dir = cache
   counter = CompileCounter.get()
   selected = points if point is None else [points[point]]
   done = load_records(workdir)
@@ -485,7 +439,8 @@ def main(argv: Sequence[str]) -> int:
         print(f"{p.index}\t{p.id}\t{point_command(config_path, workdir, p.index, override_args)}")
       return 0
     validate(config)
+  except outcomes.SignflaxError:
+    raise
   except ValueError as e:
-    print(f"signflax sweep: error: {e}", file=sys.stderr)
-    return 2
+    raise outcomes.BadInput(outcomes.one_line(e)) from e
   return run(config, workdir, point=args.point)

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from signflax import config_schema as cs
 from signflax.parallel import constrain
 
 REMAT_POLICIES = {
@@ -77,30 +78,50 @@ class TransformerConfig:
     return DTYPES[self.dtype]
 
   def check(self) -> None:
-    """Raises a one-line ValueError naming the bad ``config.model`` field."""
-    if self.dtype not in DTYPES:
-      raise ValueError(f"config.model.dtype: {self.dtype!r} is not one of {sorted(DTYPES)}")
-    if self.remat not in REMAT_POLICIES:
-      raise ValueError(f"config.model.remat: {self.remat!r} is not one of "
-                       f"{list(REMAT_POLICIES)}")
-    if self.attention_impl not in ATTENTION_IMPLEMENTATIONS:
-      raise ValueError(f"config.model.attention_impl: {self.attention_impl!r} is not one of "
-                       f"{list(ATTENTION_IMPLEMENTATIONS)}")
-    if self.attention_impl == "cudnn" and self.dtype == "float32":
-      raise ValueError("config.model.attention_impl: 'cudnn' needs dtype bfloat16 or float16, "
-                       "got float32")
-    for name in ("vocab_size", "num_layers", "d_model", "num_heads", "max_seq_len"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"config.model.{name}: must be positive, got {getattr(self, name)}")
-    if self.num_heads % self.kv_heads:
-      raise ValueError(f"config.model.num_kv_heads: {self.kv_heads} must divide num_heads="
-                       f"{self.num_heads}")
-    if self.head_dim is None and self.d_model % self.num_heads:
-      raise ValueError(f"config.model.num_heads: {self.num_heads} must divide d_model="
-                       f"{self.d_model} (or set head_dim)")
-    if self.qk_dim % 2:
-      raise ValueError(f"config.model.head_dim: must be even for rotary embeddings, got "
-                       f"{self.qk_dim}")
+    """Raises a one-line ValueError naming the bad ``config.model`` field (``SCHEMA``)."""
+    SCHEMA.check(dataclasses.asdict(self), prefix="config.model")
+
+
+SCHEMA = cs.from_dataclass(TransformerConfig, {
+    "vocab_size": cs.integer(1, optional=True,
+                             doc="None = the tokenizer's vocabulary, padded to a multiple of 128"),
+    "num_layers": cs.integer(1, doc="transformer blocks (stacked, applied with nnx.scan)"),
+    "d_model": cs.integer(1, doc="width of the residual stream"),
+    "num_heads": cs.integer(1, doc="query heads"),
+    "num_kv_heads": cs.integer(1, optional=True,
+                               doc="key/value heads (grouped-query attention); None = num_heads"),
+    "head_dim": cs.integer(1, optional=True, doc="None = d_model // num_heads"),
+    "mlp_dim": cs.integer(1, optional=True,
+                          doc="SwiGLU hidden size; None = 8/3 d_model rounded up to 64"),
+    "max_seq_len": cs.integer(1, doc="the model's context (RoPE tables)"),
+    "rope_theta": cs.real(0, low_open=True, doc="RoPE base frequency"),
+    "norm_eps": cs.real(0, low_open=True, doc="RMSNorm epsilon"),
+    "tie_embeddings": cs.boolean(doc="the output head reuses the input embedding"),
+    "dtype": cs.choice(*DTYPES, doc="compute dtype; parameters stay float32"),
+    "attention_impl": cs.choice(*ATTENTION_IMPLEMENTATIONS,
+                                doc="auto = cudnn where supported, else xla"),
+    "remat": cs.choice(*REMAT_POLICIES,
+                       doc="rematerialization of each block in the backward pass"),
+    "init_std": cs.real(0, low_open=True, doc="standard deviation of the normal init"),
+}, doc="Shape and numerics of the transformer (``signflax.model.TransformerConfig``).")
+
+
+@SCHEMA.rule
+def _heads_fit(model) -> str | None:
+  if model["attention_impl"] == "cudnn" and model["dtype"] == "float32":
+    return ("config.model.attention_impl: 'cudnn' needs dtype bfloat16 or float16, "
+            "got float32")
+  heads = model["num_heads"]
+  kv_heads = model["num_kv_heads"] or heads
+  if heads % kv_heads:
+    return f"config.model.num_kv_heads: {kv_heads} must divide num_heads={heads}"
+  if model["head_dim"] is None and model["d_model"] % heads:
+    return (f"config.model.num_heads: {heads} must divide d_model={model['d_model']} "
+            "(or set head_dim)")
+  qk_dim = model["head_dim"] or model["d_model"] // heads
+  if qk_dim % 2:
+    return f"config.model.head_dim: must be even for rotary embeddings, got {qk_dim}"
+  return None
 
 
 def _param(rngs: nnx.Rngs, init: Callable, shape, axes: tuple[str, ...]) -> nnx.Param:

@@ -27,8 +27,10 @@ A failed restore is one of three kinds, never mistaken for another:
   from the one computed while saving. The step directory is moved, whole, to
   ``<directory>/../corrupt_checkpoints/`` and the one before is tried; the
   detailed exception goes to ``<directory>/../checkpoint_errors.log``.
-* **transient** (``TransientCheckpointError``): ``OSError`` and the like
-  (a flaky network filesystem, a host briefly out of memory). Retried with
+* **transient** (``TransientCheckpointError``): decided from the root cause's
+  error code, for array data (TensorStore's ``[os_error_code='5']``) as for JSON
+  (``signflax.train.checkpoint_errors``): EIO, EAGAIN, ETIMEDOUT, EBUSY,
+  ``UNAVAILABLE``, ``DEADLINE_EXCEEDED``, HTTP 429/5xx, ... Retried with
   exponential backoff; if it keeps failing, nothing is moved and the next start
   tries again.
 
@@ -42,9 +44,6 @@ renames it only when complete.
 from __future__ import annotations
 
 import dataclasses
-import errno
-import functools
-import logging
 import pathlib
 import shutil
 import sys
@@ -53,40 +52,25 @@ import traceback
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
-from signflax import optim
 from signflax import storage
+from signflax.train import workdir as workdir_lib
+from signflax.train.checkpoint_errors import (  # noqa: F401 - re-exported
+    CheckpointSaveError, CorruptCheckpointError, IncompatibleCheckpointError,
+    NoReadableCheckpoint, TransientCheckpointError, disk_full_reason, first_line,
+    is_transient, quiet_background_noise, transient_reason)
+from signflax.train.checksums import checksum_mismatches, checksums, dotted  # noqa: F401
+from signflax.train.params import load_params, read_params  # noqa: F401 - re-exported
+from signflax.train.workdir import (  # noqa: F401 - re-exported
+    COMMIT_MARKER, COMMITTED_FILES, EXTRA, STATE, TMP_SUFFIX, is_committed)
 
-STATE, EXTRA = "state", "extra"
 CHECKSUMS = "checksums"            # the key of the per-array checksums in ``extra``
-TMP_SUFFIX = ".orbax-checkpoint-tmp"
-# What a committed step directory always holds (relative paths).
-COMMITTED_FILES = ("_CHECKPOINT_METADATA", f"{STATE}/_METADATA", f"{EXTRA}/metadata")
-# On object storage Orbax writes a step in place and marks it done with this file.
-COMMIT_MARKER = "commit_success.txt"
-ERROR_LOG = "checkpoint_errors.log"
-CORRUPT_DIR = "corrupt_checkpoints"
-
-
-class IncompatibleCheckpointError(ValueError):
-  """The checkpoint holds a different model or optimizer (names, shapes or dtypes)."""
-
-
-class CorruptCheckpointError(RuntimeError):
-  """A checkpoint's files are missing, truncated, or fail their checksums."""
-
-
-class TransientCheckpointError(RuntimeError):
-  """Reading a checkpoint kept failing with an error that may pass (I/O, memory)."""
-
-
-class CheckpointSaveError(RuntimeError):
-  """A save failed (disk full, file too large, ...); the message is one line."""
+ERROR_LOG = workdir_lib.ERROR_LOG              # beside the checkpoints directory
+CORRUPT_DIR = workdir_lib.CORRUPT_CHECKPOINTS  # beside the checkpoints directory
 
 
 @dataclasses.dataclass
@@ -102,72 +86,12 @@ def _warn(message: str) -> None:
     print(f"signflax: warning: {message}", file=sys.stderr, flush=True)
 
 
-def _first_line(e: BaseException, limit: int = 200) -> str:
-  """The first line of ``e``'s root cause (TensorStore's, naming the array and file)."""
-  e = list(_chain(e))[-1]
-  return f"{type(e).__name__}: " + (str(e).strip().splitlines() or [""])[0][:limit]
-
-
-def _dotted(path) -> str:
-  """A pytree path as 'opt_state.0.mu.embed' (``signflax.optim.path_name`` with dots)."""
-  return optim.path_name(path, ".")
-
-
-# ---------------------------------------------------------------------------- checksums
-
-
-def _leaf_checksum(x: jax.Array) -> jax.Array:
-  """Two position-weighted sums of ``x``'s bits, uint32[2].
-
-  With ``u_i`` the bits of element ``i`` (flat index) as uint32 and ``g(u) = u ^ (u >> 16)``
-  (a bijection), ``a = sum_i g(u_i) (2i + 1)`` and
-  ``b = sum_i (u_i + i) (2 i c + 1)`` mod 2^32, ``c`` an odd constant. One changed element
-  always changes ``a`` (odd weights are invertible mod 2^32); several changes cancel in
-  both with probability about 2^-64. Elementwise ops and a full reduction only, so a
-  sharded array is checksummed where it lives, the same on any mesh.
-  """
-  if x.dtype == jnp.bool_:
-    x = x.astype(jnp.uint8)
-  width = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
-  u = jax.lax.bitcast_convert_type(x, width).astype(jnp.uint32)   # 8-byte: trailing dim 2
-  index = jnp.zeros(u.shape, jnp.uint32)
-  for axis, size in enumerate(u.shape):
-    index = index * jnp.uint32(size) + jax.lax.broadcasted_iota(jnp.uint32, u.shape, axis)
-  a = jnp.sum((u ^ (u >> 16)) * (2 * index + 1), dtype=jnp.uint32)
-  b = jnp.sum((u + index) * (2 * index * jnp.uint32(0x9E3779B1) + 1), dtype=jnp.uint32)
-  return jnp.stack([a, b])
-
-
-@functools.lru_cache(maxsize=8)
-def _checksum_fn(out_sharding) -> Callable:
-  return jax.jit(lambda tree: jax.tree.map(_leaf_checksum, tree), out_shardings=out_sharding)
-
-
-def checksums(state: Any) -> dict[str, str]:
-  """``{leaf name: 16 hex digits}`` for every array in ``state`` (see ``_leaf_checksum``)."""
-  leaves = jax.tree_util.tree_flatten_with_path(state)[0]
-  if not leaves:
-    return {}
-  sharding = getattr(leaves[0][1], "sharding", None)
-  replicated = (jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
-                if isinstance(sharding, jax.sharding.NamedSharding) else None)
-  sums = jax.device_get(_checksum_fn(replicated)([leaf for _, leaf in leaves]))
-  return {_dotted(path): "%08x%08x" % tuple(int(v) for v in np.asarray(s))
-          for (path, _), s in zip(leaves, sums)}
-
-
-def checksum_mismatches(state: Any, expected: dict[str, str]) -> list[str]:
-  """Names of ``state``'s arrays whose checksum differs from ``expected`` (absent = unchecked)."""
-  got = checksums(state)
-  return [name for name, value in got.items() if name in expected and expected[name] != value]
-
-
 # ---------------------------------------------------------------------------- compatibility
 
 
 def _leaf_table(tree: Any) -> dict[str, tuple]:
   """``{leaf name: (shape, dtype)}`` of arrays, ShapeDtypeStructs or Orbax array metadata."""
-  return {_dotted(p): (tuple(getattr(leaf, "shape", ())), str(np.dtype(leaf.dtype))
+  return {dotted(p): (tuple(getattr(leaf, "shape", ())), str(np.dtype(leaf.dtype))
                           if getattr(leaf, "dtype", None) is not None else None)
           for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
@@ -233,46 +157,6 @@ def describe_difference(saved: dict[str, tuple], wanted: dict[str, tuple],
 # ---------------------------------------------------------------------------- failures
 
 
-_TRANSIENT_STATUS = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED")
-_MISSING = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
-_DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
-
-
-def _chain(e: BaseException):
-  seen = set()
-  while e is not None and id(e) not in seen:
-    seen.add(id(e))
-    yield e
-    e = e.__cause__ or e.__context__
-
-
-def is_transient(e: BaseException) -> bool:
-  """Whether a restore error may pass on retry (I/O, timeouts, memory), not corruption.
-
-  A missing file is corruption; any other ``OSError``, ``MemoryError``, or a
-  TensorStore status such as UNAVAILABLE is transient.
-  """
-  for err in _chain(e):
-    if isinstance(err, (MemoryError, TimeoutError, ConnectionError)):
-      return True
-    if isinstance(err, OSError) and not isinstance(err, _MISSING):
-      return True
-    if str(err).lstrip().startswith(_TRANSIENT_STATUS):
-      return True
-  return False
-
-
-def disk_full_reason(e: BaseException) -> str | None:
-  """'No space left on device' / 'File too large' if ``e`` (or its cause) says so."""
-  for err in _chain(e):
-    if isinstance(err, OSError) and err.errno in _DISK_FULL:
-      return err.strerror or str(err)
-    for reason in ("No space left on device", "File too large", "Disk quota exceeded"):
-      if reason in str(err):
-        return reason
-  return None
-
-
 def _existing_parent(path: pathlib.Path) -> pathlib.Path:
   while not path.exists() and path != path.parent:
     path = path.parent
@@ -294,10 +178,6 @@ def _gb(n: float) -> str:
 
 
 # ---------------------------------------------------------------------------- leftovers
-
-
-def is_committed(step_dir: epath.Path) -> bool:
-  return all((step_dir / name).exists() for name in COMMITTED_FILES)
 
 
 def _unfinished(directory: epath.Path) -> list[epath.Path]:
@@ -348,52 +228,6 @@ def _set_aside_path(directory: epath.Path, name: str) -> epath.Path:
   return target
 
 
-class _DropOrbaxErrors(logging.Filter):
-  """Drops log records from Orbax's own files (its background threads' tracebacks)."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    return "orbax" not in record.pathname
-
-
-def _from_orbax(obj) -> bool:
-  code = getattr(obj, "cr_code", None) or getattr(obj, "__code__", None)
-  return "orbax" in getattr(code, "co_filename", "")
-
-
-def _closed_loop_callback(exc_type, exc, tb) -> bool:
-  """A TensorStore read finishing after Orbax closed the event loop of a failed restore."""
-  return (exc_type is RuntimeError and str(exc) == "Event loop is closed"
-          and any(frame.name == "call_soon_threadsafe"
-                  for frame in traceback.extract_tb(tb)))
-
-
-def quiet_background_noise() -> None:
-  """Silences the chatter of Orbax's background work when a save or restore fails
-  ("Task exception was never retrieved", "Exception ignored in: <coroutine ...>",
-  "Event loop is closed" from reads still in flight, tracebacks on the absl logger):
-  the error itself is raised to the caller, reported in one line, and written to the
-  error log."""
-  logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-  absl = logging.getLogger("absl")
-  if not any(isinstance(f, _DropOrbaxErrors) for f in absl.filters):
-    absl.addFilter(_DropOrbaxErrors())
-  if getattr(sys.unraisablehook, "_signflax", False):
-    return
-  previous_unraisable, previous_except = sys.unraisablehook, sys.excepthook
-
-  def unraisable_hook(unraisable):
-    if not (_from_orbax(unraisable.object) or _closed_loop_callback(
-        unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback)):
-      previous_unraisable(unraisable)
-
-  def except_hook(exc_type, exc, tb):
-    if not _closed_loop_callback(exc_type, exc, tb):
-      previous_except(exc_type, exc, tb)
-
-  unraisable_hook._signflax = True  # noqa: SLF001 - installed once
-  sys.unraisablehook, sys.excepthook = unraisable_hook, except_hook
-
-
 # ---------------------------------------------------------------------------- checkpointer
 
 
@@ -409,22 +243,24 @@ class Checkpointer:
       device-to-host copy (and the checksums).
     checksum: store a checksum per array in ``extra`` and verify it on restore.
     restore_tries: attempts per checkpoint on a transient read error (>= 1).
-    retry_delay_s: the first wait between attempts; doubled after each.
+    retry_delay_s: the first wait between attempts; doubled after each ...
+    retry_max_delay_s: ... up to this.
     clean_leftovers: first remove unfinished saves and set half-deleted steps aside
       (see ``remove_leftovers``); only when no other live process uses ``directory``.
   """
 
   def __init__(self, directory: str | pathlib.Path, *, keep: int = 3, keep_period: int = 0,
                async_save: bool = True, checksum: bool = True, restore_tries: int = 3,
-               retry_delay_s: float = 1.0, clean_leftovers: bool = False):
+               retry_delay_s: float = 1.0, retry_max_delay_s: float = 30.0,
+               clean_leftovers: bool = False):
     if restore_tries < 1:
       raise ValueError(f"restore_tries: must be >= 1, got {restore_tries!r}")
     self.directory = (storage.path(directory) if storage.is_remote(directory)
                       else storage.path(pathlib.Path(directory).absolute()))
     self.checksum, self.restore_tries, self.retry_delay_s = checksum, restore_tries, retry_delay_s
+    self.retry_max_delay_s = retry_max_delay_s
     self.error_log = self.directory.parent / ERROR_LOG
     self._room_warned = False
-    quiet_background_noise()
     if clean_leftovers:
       if jax.process_index() == 0:
         for line in remove_leftovers(self.directory):
@@ -449,6 +285,7 @@ class Checkpointer:
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           handler_registry=registry)
     self._pending_bytes = 0
+    self._closed = False
 
   def all_steps(self) -> list[int]:
     """Committed steps, oldest first (unfinished temporary directories are not steps)."""
@@ -460,7 +297,7 @@ class Checkpointer:
 
   # -- saving
 
-  def _check_room(self, needed: int) -> int:
+  def check_room(self, needed: int) -> int:
     """Free bytes; warns (once) when one more checkpoint would not fit with a 10% margin."""
     if storage.is_remote(self.directory):  # a bucket has no free-space figure
       return -1
@@ -472,7 +309,7 @@ class Checkpointer:
     return free
 
   def _save_error(self, e: BaseException) -> CheckpointSaveError:
-    reason = disk_full_reason(e) or _first_line(e)
+    reason = disk_full_reason(e) or first_line(e)
     self._log_error("save", e)
     if storage.is_remote(self.directory):
       return CheckpointSaveError(f"checkpoint save to {self.directory} failed: {reason}")
@@ -485,7 +322,7 @@ class Checkpointer:
     the host copy. Raises CheckpointSaveError with one line if this or the previous
     (background) save failed."""
     self._pending_bytes = tree_nbytes(state)
-    self._check_room(self._pending_bytes)
+    self.check_room(self._pending_bytes)
     if self.checksum:
       extra = {**extra, CHECKSUMS: checksums(state)}
     try:
@@ -499,7 +336,11 @@ class Checkpointer:
       raise self._save_error(e) from e
 
   def close(self) -> None:
-    """Waits for the last async save; raises CheckpointSaveError if it failed."""
+    """Waits for the last async save; raises CheckpointSaveError if it failed. Closing
+    again does nothing."""
+    if self._closed:
+      return
+    self._closed = True
     try:
       self._manager.wait_until_finished()
       self._manager.check_for_errors()
@@ -529,7 +370,7 @@ class Checkpointer:
     except Exception as e:  # noqa: BLE001 - classified by the caller
       if is_transient(e):
         raise
-      raise CorruptCheckpointError(f"metadata of step {step} unreadable ({_first_line(e)})"
+      raise CorruptCheckpointError(f"metadata of step {step} unreadable ({first_line(e)})"
                                    ) from e
     difference = describe_difference(saved, _leaf_table(abstract_state), labels)
     if difference:
@@ -563,17 +404,17 @@ class Checkpointer:
         raise
       except Exception as e:  # noqa: BLE001 - classified here
         if not is_transient(e):
-          raise CorruptCheckpointError(_first_line(e, 300)) from e
+          raise CorruptCheckpointError(first_line(e, 300)) from e
         self._log_error(f"step {step}, attempt {attempt}", e)
         if attempt == self.restore_tries:
           raise TransientCheckpointError(
               f"checkpoint at step {step} in {self.directory} could not be read after "
-              f"{attempt} tries ({_first_line(e)}); nothing was moved: start again to retry"
-          ) from e
-        _warn(f"reading the checkpoint at step {step} failed ({_first_line(e, 120)}); "
+              f"{attempt} tries ({transient_reason(e)}; details in {self.error_log}); "
+              "nothing was moved: start again to retry") from e
+        _warn(f"reading the checkpoint at step {step} failed ({first_line(e, 120)}); "
               f"retrying in {delay:g}s")
         time.sleep(delay)
-        delay *= 2
+        delay = min(2 * delay, self.retry_max_delay_s)
 
   def restore_latest(self, abstract_state: Any,
                      labels: tuple[str, str] = ("optimizer", "optimizer")) -> Restored | None:
@@ -602,7 +443,7 @@ class Checkpointer:
         _warn(f"resumed from step {step}; corrupt checkpoint(s) moved to "
               f"{', '.join(map(str, moved))}")
       return restored
-    raise RuntimeError(f"none of the checkpoints {steps} in {self.directory} restores; "
+    raise NoReadableCheckpoint(f"none of the checkpoints {steps} in {self.directory} restores; "
                        f"see the warnings above and {self.error_log} (nothing was moved)")
 
   def _brief(self, e: BaseException) -> str:
@@ -636,125 +477,3 @@ class Checkpointer:
 def scalar_to_json(x) -> float:
   """A float32 device scalar as a JSON float (exact: every float32 is a float64)."""
   return float(np.asarray(jax.device_get(x), np.float32))
-
-
-# --- Parameters for anyone: no config, no mesh, any device count -----------------
-#
-# A step directory's ``state`` item is the TrainState pytree ``{step, params,
-# opt_state}`` as Orbax wrote it, each array with the sharding of the run that
-# saved it. Restoring it whole needs that run's topology (or a target tree built
-# from its config); reading only ``params``, each leaf as a host numpy array or
-# onto a sharding the caller names, needs neither.
-
-
-def _committed_steps(directory: epath.Path) -> list[int]:
-  """Steps under a checkpoints directory whose ``state`` is complete, oldest first.
-
-  Orbax writes into a temporary directory and renames it to ``<step>`` when done,
-  so digit-named directories with ``state/_METADATA`` are committed.
-  """
-  return sorted(int(p.name) for p in directory.iterdir()
-                if p.name.isdigit() and (p / STATE / "_METADATA").is_file())
-
-
-def _state_dir(workdir_or_step_dir: str | pathlib.Path, step: int | None
-               ) -> tuple[pathlib.Path, int | None]:
-  """``(the state item directory, its step)`` for a workdir, checkpoints dir or step dir."""
-  if step is not None and (isinstance(step, bool) or not isinstance(step, (int, np.integer))
-                           or step < 0):
-    raise ValueError(f"step: must be an integer >= 0 or None, got {step!r}")
-  path = (storage.path(workdir_or_step_dir) if storage.is_remote(workdir_or_step_dir)
-          else storage.path(pathlib.Path(workdir_or_step_dir).expanduser()))
-  if not path.is_dir():
-    raise ValueError(f"workdir_or_step_dir: {str(path)!r} is not a directory")
-  if path.name == STATE and (path / "_METADATA").is_file():  # the state item itself
-    path = path.parent
-  if (path / STATE).is_dir():  # a step directory
-    saved = int(path.name) if path.name.isdigit() else None
-    if step is not None and saved is not None and step != saved:
-      raise ValueError(f"step: {step} differs from the step directory {str(path)!r}; "
-                       "pass its parent directory to choose a step")
-    if not (path / STATE / "_METADATA").is_file():
-      raise ValueError(f"workdir_or_step_dir: {str(path / STATE)!r} is incomplete "
-                       "(no _METADATA; an unfinished or damaged save)")
-    return path / STATE, saved
-  directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-  steps = _committed_steps(directory)
-  if not steps:
-    raise ValueError(f"workdir_or_step_dir: no checkpoint in {str(path)!r} (looked for "
-                     "checkpoints/<step>/state, <step>/state and state/_METADATA)")
-  if step is None:
-    step = steps[-1]
-  elif step not in steps:
-    raise ValueError(f"step: no checkpoint at step {step} in {str(directory)!r}; saved steps: "
-                     + ", ".join(map(str, steps)))
-  return directory / str(step) / STATE, step
-
-
-def read_params(workdir_or_step_dir: str | pathlib.Path, step: int | None = None,
-                sharding: Any = None) -> tuple[Any, int | None]:
-  """``(load_params(...), its step)``; the step is None for a step directory not named by it."""
-  state_dir, step = _state_dir(workdir_or_step_dir, step)
-  handler = ocp.PyTreeCheckpointHandler()
-  try:
-    saved = handler.metadata(state_dir).tree
-  except Exception as e:  # noqa: BLE001 - unreadable metadata is bad input here
-    raise ValueError(f"workdir_or_step_dir: {str(state_dir)!r} is not a readable Orbax "
-                     f"checkpoint ({_first_line(e)})") from e
-  if not isinstance(saved, dict) or "params" not in saved:
-    keys = ", ".join(map(str, saved)) if isinstance(saved, dict) else type(saved).__name__
-    raise ValueError(f"workdir_or_step_dir: {str(state_dir)!r} holds no 'params' (found: {keys})")
-  item = {"params": saved["params"]}
-  if sharding is None:
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
-  elif isinstance(sharding, jax.sharding.Sharding):
-    restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), item)
-  else:
-    try:
-      restore_args = {"params": jax.tree.map(lambda _, s: ocp.ArrayRestoreArgs(sharding=s),
-                                             item["params"], sharding)}
-    except ValueError as e:
-      raise ValueError("sharding: must be None, a jax.sharding.Sharding, or a pytree of them "
-                       "shaped like the parameters") from e
-  checkpointer = ocp.Checkpointer(handler)
-  try:
-    restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
-        item=item, restore_args=restore_args, partial_restore=True))
-  except Exception as e:  # noqa: BLE001 - missing or damaged array files
-    raise ValueError(f"workdir_or_step_dir: {str(state_dir)!r} failed to read ({_first_line(e)})"
-                     ) from e
-  finally:
-    checkpointer.close()
-  return restored["params"], step
-
-
-def load_params(workdir_or_step_dir: str | pathlib.Path, step: int | None = None,
-                sharding: Any = None) -> Any:
-  """The parameters of a signflax checkpoint, on any topology, without its config.
-
-    params = load_params("runs/tiny")                  # latest step, numpy arrays
-    params = load_params("runs/tiny", step=1000)
-    params = load_params("runs/tiny/checkpoints/1000")  # a step directory
-    params = load_params("runs/tiny", sharding=NamedSharding(mesh, P()))  # jax.Arrays
-
-  Only the ``params`` subtree is read (not the optimizer state), so a checkpoint
-  saved on 8 devices of one mesh loads on 1 device, or into another process
-  count. Plain Orbax restores without a target refuse that ("Topology mismatch").
-
-  Args:
-    workdir_or_step_dir: a training workdir (holding ``checkpoints/``), a
-      checkpoints directory, or one step directory (``checkpoints/<step>``).
-    step: which step of a workdir; None = the latest committed one.
-    sharding: None for host ``numpy.ndarray`` leaves; a ``jax.sharding.Sharding``
-      for every leaf, or a pytree of them shaped like the parameters, for
-      ``jax.Array`` leaves placed there (each device reads only its shards).
-
-  Returns:
-    The nested dict of parameters, e.g. ``params["layers"]["attn"]["q"]``
-    (float32, layer axis first, kernels ``(fan_in, fan_out)``).
-
-  Raises:
-    ValueError: no such directory, no checkpoint, no such step, or not a
-      readable checkpoint (one line naming the argument).
-  """
-  return read_params(workdir_or_step_dir, step, sharding)[0]

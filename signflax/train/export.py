@@ -7,7 +7,7 @@ Each array is stored under its parameter path joined by ``/`` (``embed``,
 ``layers/attn/q``, ``final_norm/scale``, ...) in its saved dtype (bfloat16 and
 other non-numpy floats as float32), layer axis first, kernels ``(fan_in,
 fan_out)``; read it back with ``numpy.load`` (``unflatten`` rebuilds the tree). Any device
-count works (see ``checkpoint.load_params``). The file is written beside its
+count works (see ``signflax.train.params.load_params``). The file is written beside its
 final name and renamed into place, so an existing file is replaced only by a
 complete one.
 """
@@ -110,8 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       print(hf.export(args.workdir, args.step, args.output))
       return 0
     output, fd, tmp = _open_output(args.output)
-    from signflax.train import checkpoint  # Orbax loads only once the arguments are good
-    params, step = checkpoint.read_params(args.workdir, args.step)
+    from signflax.train import params as params_lib  # Orbax loads only once the arguments are good
+    params, step = params_lib.read_params(args.workdir, args.step)
   except ValueError as e:
     if tmp is not None:
       os.close(fd)

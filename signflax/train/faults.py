@@ -36,7 +36,6 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from signflax.parallel import sign_vote
@@ -44,12 +43,6 @@ from signflax.parallel import sign_vote
 KINDS = ("sign_flip", "random_sign", "scaled", "alie", "zero", "nan")
 # The random_sign stream's root key; the step is folded in.
 _RANDOM_SIGN_SEED = 29
-
-
-def default_faults_config() -> ml_collections.ConfigDict:
-  """``config.train.faults``: off (no faulty replica)."""
-  return ml_collections.ConfigDict(dict(replicas=None, kind="sign_flip", start_step=0,
-                                        scale=10.0, z=None))
 
 
 class Faults(NamedTuple):

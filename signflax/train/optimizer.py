@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from typing import Any, Callable
 
@@ -11,6 +12,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from signflax import config_schema as cs
 from signflax import optim
 
 SCHEDULES = ("wsd", "cosine", "constant")
@@ -24,38 +26,75 @@ def config_keywords(name: str) -> tuple[str, ...]:
   return tuple(k for k in optim.optimizer_keywords(name) if k not in FROM_TRAINER)
 
 
-def default_optimizer_config() -> ml_collections.ConfigDict:
-  """The ``config.optimizer`` fields and their defaults.
+# Types of the per-optimizer keywords (config.optimizer.<name>.<keyword>; None = the
+# optimizer's default). Named choices (Muon's coeffs, scale, fallback; dtypes) are the
+# library's to check: ``check_optimizer`` builds the optimizer once and names the field.
+_KEYWORD_TYPES = {
+    "beta": cs.real(0, 1, high_open=True, optional=True),
+    "b1": cs.real(0, 1, high_open=True, optional=True),
+    "b2": cs.real(0, 1, high_open=True, optional=True),
+    "eps": cs.real(0, low_open=True, optional=True),
+    "nesterov": cs.boolean(optional=True),
+    "steps": cs.integer(1, optional=True),
+    "rms_target": cs.real(0, low_open=True, optional=True),
+    "fallback_learning_rate": cs.real(0, low_open=True, optional=True),
+    **{k: cs.string(optional=True) for k in ("coeffs", "scale", "fallback", "mu_dtype",
+                                             "ns_dtype")},
+}
+# Keyword defaults the trainer sets where the library's would not suit it.
+_KEYWORD_DEFAULTS = {
+    ("muon", "ns_dtype"): ("auto", "Newton-Schulz in float32 on CPU, bfloat16 on GPU/TPU"),
+}
 
-  Fields:
-    name: one of ``signflax.optim.OPTIMIZERS`` (sgd, momentum, adamw, lion,
-      sign_sgd, signum, muon).
-    learning_rate: the peak learning rate.
-    schedule: "wsd" | "cosine" | "constant", each after ``warmup_steps`` of
-      linear warmup; wsd decays over the last ``decay_fraction`` of the steps
-      with ``decay_shape`` (see ``signflax.optim.wsd_schedule``) to
-      ``final_lr_fraction`` x peak.
-    weight_decay: decoupled, applied to weight matrices only.
-    grad_clip_norm: global-norm clipping, 0 = off (a no-op before a sign).
-    <optimizer name>: one group per optimizer with its own keywords (None = the
-      optimizer's default), e.g. ``adamw.b1`` or ``signum.beta``. Only the group
-      of ``name`` is used, so switching ``--config.optimizer.name`` keeps every
-      optimizer's settings valid.
-  """
-  config = ml_collections.ConfigDict(dict(
-      name="adamw", learning_rate=1e-3, schedule="wsd", warmup_steps=0, decay_fraction=0.2,
-      decay_shape="linear", final_lr_fraction=0.0, weight_decay=0.1, grad_clip_norm=0.0))
-  for name in optim.OPTIMIZERS:
-    config[name] = ml_collections.ConfigDict({k: None for k in config_keywords(name)})
-  config.muon.ns_dtype = "auto"  # Newton-Schulz in float32 on CPU, bfloat16 on GPU/TPU
-  return config
+
+def _keyword_group(name: str) -> cs.Schema:
+  """``config.optimizer.<name>``: the optimizer's keywords, None = its own default."""
+  parameters = inspect.signature(optim.OPTIMIZERS[name]).parameters
+  fields = {}
+  for key in optim.optimizer_keywords(name):
+    if key in FROM_TRAINER:
+      continue  # the trainer fills these in: config.optimizer.weight_decay, the masks
+    library = parameters[key].default
+    field = _KEYWORD_TYPES.get(
+        key, cs.real(optional=True) if isinstance(library, float) else cs.anything())
+    default, doc = _KEYWORD_DEFAULTS.get((name, key), (None, ""))
+    doc = doc or f"None = the library default ({library!r})"
+    fields[key] = dataclasses.replace(field, default=default, doc=doc)
+  return cs.Schema(fields, doc=f"Keywords of ``signflax.optim.{name}`` (used when "
+                               f"config.optimizer.name is {name!r}).")
+
+
+SCHEMA = cs.Schema({
+    "name": cs.choice(*optim.OPTIMIZERS, default="adamw",
+                      doc="one of signflax.optim.OPTIMIZERS; only its keyword group is used"),
+    "learning_rate": cs.real(0, low_open=True, default=1e-3,
+                             doc="the peak learning rate"),
+    "schedule": cs.choice(*SCHEDULES, default="wsd",
+                          doc="after warmup_steps of linear warmup: warmup-stable-decay, "
+                              "cosine or constant"),
+    "warmup_steps": cs.integer(0, default=0, doc="linear warmup steps"),
+    "decay_fraction": cs.real(0, 1, default=0.2,
+                              doc="wsd: the share of the steps spent decaying"),
+    "decay_shape": cs.string(default="linear",
+                             doc="wsd decay shape (see signflax.optim.wsd_schedule)"),
+    "final_lr_fraction": cs.real(0, 1, default=0.0,
+                                 doc="the rate at the end, as a fraction of the peak"),
+    "weight_decay": cs.real(0, default=0.1,
+                            doc="decoupled, applied to weight matrices only"),
+    "grad_clip_norm": cs.real(0, default=0.0,
+                              doc="global-norm clipping, 0 = off (a no-op before a sign)"),
+    **{name: _keyword_group(name) for name in optim.OPTIMIZERS},
+}, doc="The optimizer and its learning-rate schedule. Each optimizer has its own keyword "
+       "group, so switching config.optimizer.name keeps every group valid.")
+
+
+def default_optimizer_config() -> ml_collections.ConfigDict:
+  """The ``config.optimizer`` fields at their defaults (declared in ``SCHEMA``)."""
+  return SCHEMA.defaults()
 
 
 def check_keyword_groups(opt_config) -> None:
-  """Raises a one-line ValueError for a keyword the group's optimizer does not take.
-
-  Types and ranges of every field are ``signflax.train.schema``'s.
-  """
+  """Raises a one-line ValueError for a keyword the group's optimizer does not take."""
   for name in optim.OPTIMIZERS:
     group = opt_config.get(name) or {}
     allowed = config_keywords(name)

@@ -32,11 +32,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
+from signflax import outcomes
+
 NAN_POLICIES = ("stop", "skip")
 EXIT_CODES = {signal.SIGTERM: 0, signal.SIGINT: 130}
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(outcomes.Diverged):
   """The loss or parameters became NaN/Inf (``nan_policy="stop"``)."""
 
 
@@ -74,6 +76,12 @@ class PreemptionHandler:
   def exit_code(self) -> int:
     """0 after SIGTERM (or none), 130 after SIGINT."""
     return EXIT_CODES.get(self.received, 0)
+
+  @property
+  def outcome(self) -> outcomes.Finished:
+    """INTERRUPTED after SIGINT, else PREEMPTED (the state was saved either way)."""
+    return (outcomes.Finished.INTERRUPTED if self.received == signal.SIGINT
+            else outcomes.Finished.PREEMPTED)
 
   def _on_signal(self, signum, frame):  # noqa: ARG002 - signal handler signature
     name = signal.Signals(signum).name

@@ -10,7 +10,6 @@ undo for starts that fail before their first checkpoint, and the compilation cac
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import json
 import os
 import pathlib
@@ -20,10 +19,12 @@ from typing import Any
 import jax
 
 from signflax import storage
+from signflax.train import workdir as workdir_lib
 
-CONFIG_FILE = "config.json"
-HISTORY_FILE = "config_history.jsonl"
-FAILED_STARTS = "failed_starts"
+CONFIG_FILE = workdir_lib.CONFIG      # (kept for callers of the old names)
+HISTORY_FILE = workdir_lib.HISTORY
+WorkdirBusyError = workdir_lib.WorkdirBusyError
+WorkdirLock = workdir_lib.WorkdirLock
 
 # Fields a checkpoint cannot survive: its arrays would be the wrong shapes, or the
 # right shapes meaning something else. Prefixes of dotted names.
@@ -32,43 +33,9 @@ UNUSABLE = ("model.", "optimizer.name")
 MODEL_COMPUTE_ONLY = ("model.dtype", "model.attention_impl", "model.remat")
 # Changing these makes the resumed run a different experiment than the one the earlier
 # steps belong to; allowed only when asked for (--allow-config-change).
-GUARDED = ("train.seed", "data.seed")
+GUARDED = ("train.seed",)
 # Never compared: how this particular run is started.
 IGNORED = ("distributed.",)
-
-
-class WorkdirBusyError(RuntimeError):
-  """Another live process holds the workdir."""
-
-
-class WorkdirLock:
-  """An exclusive ``flock`` on the workdir directory itself (no lock file is written).
-
-  The kernel drops it when the process dies, even by kill -9, so holding it proves
-  that no live run writes there: unfinished saves may then be removed. Local
-  workdirs only: object storage has no lock that a killed process gives back, and a
-  pod's scheduler already runs one job per workdir.
-  """
-
-  def __init__(self, fd: int, path: pathlib.Path):
-    self._fd, self.path = fd, path
-
-  @classmethod
-  def acquire(cls, workdir: str | pathlib.Path) -> WorkdirLock:
-    path = pathlib.Path(workdir)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      os.close(fd)
-      raise WorkdirBusyError(f"--workdir: {path} is in use by another running process "
-                             "(wait for it or choose another directory)") from None
-    return cls(fd, path)
-
-  def release(self) -> None:
-    if self._fd is not None:
-      os.close(self._fd)
-      self._fd = None
 
 
 # ---------------------------------------------------------------------------- config changes
@@ -126,14 +93,14 @@ def compare_configs(saved: dict, new: dict) -> ConfigChanges:
 def read_saved_config(workdir: storage.PathLike) -> dict | None:
   """``workdir/config.json`` as a dict; None if absent or unreadable."""
   try:
-    return json.loads((storage.path(workdir) / CONFIG_FILE).read_text())
+    return json.loads(workdir_lib.Workdir(workdir).config.read_text())
   except (OSError, ValueError):
     return None
 
 
 def write_config(workdir: storage.PathLike, config_json: str) -> None:
   """Writes config.json atomically (a kill never leaves half a file)."""
-  storage.write_text(storage.path(workdir) / CONFIG_FILE, config_json.rstrip("\n") + "\n")
+  storage.write_text(workdir_lib.Workdir(workdir).config, config_json.rstrip("\n") + "\n")
 
 
 def append_history(workdir: storage.PathLike, step: int, changes: list) -> None:
@@ -142,7 +109,7 @@ def append_history(workdir: storage.PathLike, step: int, changes: list) -> None:
            "changes": {field: {"old": None if old == _ABSENT else old,
                                "new": None if new == _ABSENT else new}
                        for field, old, new in changes}}
-  storage.append_text(storage.path(workdir) / HISTORY_FILE, json.dumps(entry) + "\n")
+  storage.append_text(workdir_lib.Workdir(workdir).history, json.dumps(entry) + "\n")
 
 
 # ---------------------------------------------------------------------------- failed starts
@@ -167,14 +134,14 @@ class StartGuard:
     """Cleans up (process 0 only); returns a one-line note of what moved, if anything."""
     if jax.process_index() != 0 or not self.workdir.is_dir():
       return None
-    metrics = self.workdir / "metrics.jsonl"
-    created = [self.workdir / n for n in (CONFIG_FILE, "metrics.jsonl", "tb")
+    metrics = self.workdir / workdir_lib.METRICS
+    created = [self.workdir / n for n in workdir_lib.LOGS
                if n not in self.found and (self.workdir / n).exists()]
     note = None
     if metrics.exists() and storage.size(metrics) > 0:
-      target = self.workdir / FAILED_STARTS / time.strftime("%Y%m%d-%H%M%S")
+      target = self.workdir / workdir_lib.FAILED_STARTS / time.strftime("%Y%m%d-%H%M%S")
       target.mkdir(parents=True, exist_ok=True)
-      for name in (CONFIG_FILE, "metrics.jsonl", "tb"):
+      for name in workdir_lib.LOGS:
         if (self.workdir / name).exists():
           storage.move(self.workdir / name, target / name)
       note = f"this start's logs moved to {target}"
@@ -191,16 +158,24 @@ class StartGuard:
 # ---------------------------------------------------------------------------- compile cache
 
 
-def compilation_cache_dir(workdir: storage.PathLike, configured: str | None) -> str | None:
-  """The persistent compilation cache: ``configured``, or ``WORKDIR/../.jax_cache`` when
-  None (``gs://`` too: JAX reads and writes its cache through epath, so a pod's
-  recreated VMs find it); ``""`` turns it off (None returned)."""
+def default_compilation_cache_dir() -> str:
+  """The per-user compilation cache: ``$JAX_COMPILATION_CACHE_DIR`` when set, else
+  ``$XDG_CACHE_HOME/signflax/jax`` (``~/.cache/signflax/jax``)."""
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    return os.environ["JAX_COMPILATION_CACHE_DIR"]
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "signflax", "jax")
+
+
+def compilation_cache_dir(configured: str | None) -> str | None:
+  """The persistent compilation cache ``config.train.compilation_cache_dir`` names:
+  itself (``gs://`` too: JAX reads and writes its cache through epath), or
+  ``default_compilation_cache_dir()`` when None; ``""`` turns it off (None returned).
+  Never a directory derived from the workdir."""
   if configured == "":
     return None
   if configured is None:
-    if storage.is_remote(workdir):
-      return os.fspath(storage.path(workdir).parent / ".jax_cache")
-    return str(pathlib.Path(workdir).absolute().parent / ".jax_cache")
+    configured = default_compilation_cache_dir()
   if storage.is_remote(configured):
     return configured
   return str(pathlib.Path(configured).expanduser().absolute())

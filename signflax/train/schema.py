@@ -1,153 +1,134 @@
-"""The ``signflax train`` config: every field's type and range (``SCHEMA``) and defaults.
+"""The ``signflax train`` config, declared once: every field's type, range, default and
+doc (``SCHEMA``), with the rules that tie fields together.
 
-``SCHEMA.check(config)`` runs in ``trainer.validate`` before any JAX work. A
-new training field is one line here, e.g.
-``SCHEMA.declare("train.my_field", cs.choice("a", "b"))``,
-plus its default in the ``default_*_config`` of its group.
+The groups live next to the code that reads them: ``config.model`` in
+``signflax.model.transformer``, ``config.optimizer`` in
+``signflax.train.optimizer``, ``config.data`` in ``signflax.data.pipeline``; the
+run's own groups (``mesh``, ``train``, ``checkpoint``, ``distributed``) here.
+``SCHEMA.check(config)`` runs in ``trainer.validate`` before any JAX work;
+``default_config()`` is ``SCHEMA.defaults()``; ``docs/configuration.md`` is
+``SCHEMA.reference_markdown()``. A new training field is one entry in its
+group, e.g. ``"my_field": cs.choice("a", "b", default="a", doc="...")``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
-
 import ml_collections
 
 from signflax import config_schema as cs
-from signflax import optim
 from signflax.data import pipeline as data_pipeline
-from signflax.data import sources as data_sources
 from signflax.model import transformer
 from signflax.train import faults as faults_lib
 from signflax.train import optimizer as optimizer_lib
 from signflax.train import preemption
 from signflax.train import step as step_lib
 
-GROUPS = ("model", "optimizer", "data", "mesh", "train", "checkpoint", "distributed")
+MESH = cs.Schema({
+    axis: cs.integer(-1, default=default, doc=doc) for axis, default, doc in (
+        ("data", -1, "data-parallel size (batch split, parameters replicated)"),
+        ("fsdp", 1, "fully sharded data-parallel size (batch and parameters split)"),
+        ("tensor", 1, "tensor-parallel size (heads and MLP split)"))
+}, doc="The device mesh; -1 = the devices the other axes leave.")
 
-def default_model_config() -> ml_collections.ConfigDict:
-  """``config.model``: the fields and defaults of ``signflax.model.TransformerConfig``."""
-  return ml_collections.ConfigDict(
-      {f.name: f.default for f in dataclasses.fields(transformer.TransformerConfig)})
+FAULTS = cs.Schema({
+    "replicas": cs.anything(required=False, default=None,
+                            doc="faulty data-parallel replicas: None or 0 = none, a count k = "
+                                "replicas 0..k-1, or a list of indices"),
+    "kind": cs.choice(*faults_lib.KINDS, required=False, default="sign_flip",
+                      doc="what a faulty replica sends (signflax.train.faults)"),
+    "start_step": cs.integer(0, required=False, default=0,
+                             doc="clean steps before the faults begin"),
+    "scale": cs.real(0, low_open=True, required=False, default=10.0,
+                     doc="s of the scaled fault (the replica sends -s g)"),
+    "z": cs.real(optional=True, required=False, default=None,
+                 doc="the ALIE shift in honest standard deviations; None = Baruch et al.'s "
+                     "z_max for the replica counts"),
+}, doc="Faulty and adversarial replicas, a research option: corrupt chosen replicas' "
+       "gradients before the exchange. A config may leave the group out.")
 
-def default_mesh_config() -> ml_collections.ConfigDict:
-  """``config.mesh``: data/fsdp/tensor sizes; -1 = the remaining devices."""
-  return ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
-def default_train_config() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-      steps=400, global_batch_size=16, seq_len=128, grad_accum=1, noise_stats=True,
-      loss_chunk_len=0, seed=0, log_every=25, eval_every=100, eval_batches=8,
-      compilation_cache_dir=None, gradient_exchange="mean", init_from="",
-      faults=faults_lib.default_faults_config()))
+@FAULTS.rule
+def _faulty_replicas_are_a_count_or_a_list(faults) -> str | None:
+  return faults_lib.check(faults, num_replicas=1 << 30)
 
-def default_checkpoint_config() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-      every_steps=100, keep=3, keep_period=0, async_save=True, nan_policy="stop",
-      preemption_check_every=10, checksum=True, restore_tries=3, retry_delay_s=1.0))
 
-def default_distributed_config() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-      coordinator_address=None, num_processes=None, process_id=None, auto=True))
+TRAIN = cs.Schema({
+    "steps": cs.integer(1, default=400, doc="optimizer steps"),
+    "global_batch_size": cs.integer(1, default=16, doc="sequences per step, all devices"),
+    "seq_len": cs.integer(1, default=128, doc="tokens per sequence"),
+    "grad_accum": cs.integer(1, default=1, doc="microbatches per step"),
+    "noise_stats": cs.boolean(default=True, doc="log gradient-noise statistics"),
+    "loss_chunk_len": cs.integer(0, default=0,
+                                 doc="compute the loss over chunks of this many positions "
+                                     "(0 = whole logits at once)"),
+    "seed": cs.integer(0, default=0, doc="initialization and data order"),
+    "log_every": cs.integer(1, default=25, doc="steps between metrics records"),
+    "eval_every": cs.integer(0, default=100, doc="steps between evaluations (0 = at the end)"),
+    "eval_batches": cs.integer(0, default=8, doc="global batches per evaluation (0 = all)"),
+    "compilation_cache_dir": cs.string(
+        optional=True, default=None,
+        doc="JAX's persistent compilation cache; None = $JAX_COMPILATION_CACHE_DIR, else "
+            "$XDG_CACHE_HOME/signflax/jax (~/.cache/signflax/jax); \"\" = off"),
+    "gradient_exchange": cs.choice(*step_lib.GRADIENT_EXCHANGES, default="mean",
+                                   doc="mean (float all-reduce) or sign_vote (1-bit majority "
+                                       "vote over data; signflax.parallel)"),
+    "init_from": cs.string(
+        optional=True, default="",
+        doc="start a fresh run from these parameters: \"\" = random init, \"hf:PATH\" = a "
+            "Hugging Face LLaMA directory (checked against config.model; a resume ignores it)"),
+    "faults": FAULTS,
+}, doc="Length, batch, logging and evaluation of a run.")
 
-_MODEL = {
-    "vocab_size": cs.integer(1, optional=True), "num_layers": cs.integer(1),
-    "d_model": cs.integer(1), "num_heads": cs.integer(1),
-    "num_kv_heads": cs.integer(1, optional=True), "head_dim": cs.integer(1, optional=True),
-    "mlp_dim": cs.integer(1, optional=True), "max_seq_len": cs.integer(1),
-    "rope_theta": cs.real(0, low_open=True), "norm_eps": cs.real(0, low_open=True),
-    "tie_embeddings": cs.boolean(), "dtype": cs.choice(*transformer.DTYPES),
-    "attention_impl": cs.choice(*transformer.ATTENTION_IMPLEMENTATIONS),
-    "remat": cs.choice(*transformer.REMAT_POLICIES), "init_std": cs.real(0, low_open=True),
-}
-_OPTIMIZER = {
-    "name": cs.choice(*optim.OPTIMIZERS), "learning_rate": cs.real(0, low_open=True),
-    "schedule": cs.choice(*optimizer_lib.SCHEDULES), "warmup_steps": cs.integer(0),
-    "decay_fraction": cs.real(0, 1), "decay_shape": cs.string(),
-    "final_lr_fraction": cs.real(0, 1), "weight_decay": cs.real(0),
-    "grad_clip_norm": cs.real(0),
-}
-# The per-optimizer keywords (config.optimizer.<name>.<keyword>; None = the default).
-_KEYWORDS = {
-    "beta": cs.real(0, 1, high_open=True, optional=True),
-    "b1": cs.real(0, 1, high_open=True, optional=True),
-    "b2": cs.real(0, 1, high_open=True, optional=True),
-    "eps": cs.real(0, low_open=True, optional=True),
-    "nesterov": cs.boolean(optional=True),
-    "steps": cs.integer(1, optional=True),
-    "rms_target": cs.real(0, low_open=True, optional=True),
-    "fallback_learning_rate": cs.real(0, low_open=True, optional=True),
-    # Named choices (Muon's coeffs, scale, fallback; dtypes) are the library's to check:
-    # ``trainer.validate`` builds the optimizer once and names the field of any error.
-    **{k: cs.string(optional=True) for k in ("coeffs", "scale", "fallback", "mu_dtype",
-                                             "ns_dtype")},
-}
-_DATA = {
-    "source": cs.choice(*data_pipeline.SOURCES), "paths": cs.string(),
-    "tokenizer": cs.string(), "eval_fraction": cs.real(0, 1, low_open=True, high_open=True),
-    "split_by": cs.choice(*data_sources.SPLIT_BY), "max_bytes": cs.integer(0),
-    "shuffle": cs.boolean(), "num_workers": cs.integer(0), "prefetch": cs.integer(0),
-}
-_TRAIN = {
-    "steps": cs.integer(1), "global_batch_size": cs.integer(1), "seq_len": cs.integer(1),
-    "grad_accum": cs.integer(1), "noise_stats": cs.boolean(), "loss_chunk_len": cs.integer(0),
-    "seed": cs.integer(0), "log_every": cs.integer(1), "eval_every": cs.integer(0),
-    "eval_batches": cs.integer(0),
-    # None = WORKDIR/../.jax_cache, "" = off (signflax.train.recovery)
-    "compilation_cache_dir": cs.string(optional=True),
-    # mean (float all-reduce) | sign_vote (1-bit majority vote over `data`; signflax.parallel)
-    "gradient_exchange": cs.choice(*step_lib.GRADIENT_EXCHANGES),
-    # "" = random init; "hf:PATH" = a Hugging Face LLaMA directory (signflax.train.hf),
-    # checked against config.model in trainer.validate; a resume ignores it
-    "init_from": cs.string(optional=True),
-}
-# Faulty data-parallel replicas, a research option (signflax.train.faults); a config may
-# leave the group out. replicas: None/0 = none, a count k = replicas 0..k-1, or a list.
-_FAULTS = {
-    "replicas": cs.anything(required=False), "kind": cs.choice(*faults_lib.KINDS, required=False),
-    "start_step": cs.integer(0, required=False),
-    "scale": cs.real(0, low_open=True, required=False),
-    "z": cs.real(optional=True, required=False),
-}
-_CHECKPOINT = {
-    "every_steps": cs.integer(0), "keep": cs.integer(1), "keep_period": cs.integer(0),
-    "async_save": cs.boolean(), "nan_policy": cs.choice(*preemption.NAN_POLICIES),
-    "preemption_check_every": cs.integer(1),
-    "checksum": cs.boolean(), "restore_tries": cs.integer(1),
-    "retry_delay_s": cs.real(0, 3600),
-}
-_DISTRIBUTED = {
-    "coordinator_address": cs.string(optional=True),
-    "num_processes": cs.integer(1, optional=True), "process_id": cs.integer(0, optional=True),
-    "auto": cs.boolean(),
-}
+@TRAIN.rule
+def _loss_chunks_divide(t) -> str | None:
+  if t["loss_chunk_len"] and t["seq_len"] % t["loss_chunk_len"]:
+    return (f"config.train.loss_chunk_len: {t['loss_chunk_len']!r} must be 0 (whole logits) or "
+            f"a positive divisor of config.train.seq_len={t['seq_len']}")
+  if t["global_batch_size"] % t["grad_accum"]:
+    return (f"config.train.global_batch_size: {t['global_batch_size']} is not divisible by "
+            f"config.train.grad_accum={t['grad_accum']}")
+  return None
 
-def _optimizer_keyword_fields() -> dict[str, cs.Field]:
-  fields = {}
-  for name, fn in optim.OPTIMIZERS.items():
-    defaults = inspect.signature(fn).parameters
-    for key in optim.optimizer_keywords(name):
-      if key == "weight_decay":
-        fields[f"optimizer.{name}.{key}"] = cs.real(0, optional=True, required=False)
-        continue
-      if key in optimizer_lib.FROM_TRAINER:
-        continue  # the trainer fills these in from the model's logical axes
-      default = defaults[key].default
-      fields[f"optimizer.{name}.{key}"] = _KEYWORDS.get(
-          key, cs.real(optional=True) if isinstance(default, float) else cs.anything())
-  return fields
+
+CHECKPOINT = cs.Schema({
+    "every_steps": cs.integer(0, default=100, doc="steps between saves (0 = only the last)"),
+    "keep": cs.integer(1, default=3, doc="keep the latest this many checkpoints"),
+    "keep_period": cs.integer(0, default=0, doc="also keep every step divisible by this"),
+    "async_save": cs.boolean(default=True, doc="write in a background thread"),
+    "nan_policy": cs.choice(*preemption.NAN_POLICIES, default="stop",
+                            doc="on a non-finite loss: stop (keep the last good checkpoint) "
+                                "or skip the step"),
+    "preemption_check_every": cs.integer(1, default=10,
+                                         doc="steps between agreeing on a preemption notice"),
+    "checksum": cs.boolean(default=True, doc="store and verify a checksum per array"),
+    "restore_tries": cs.integer(1, default=3,
+                                doc="attempts per checkpoint on a transient read error"),
+    "retry_delay_s": cs.real(0, 3600, default=1.0,
+                             doc="the first wait between attempts; doubled after each"),
+    "retry_max_delay_s": cs.real(0, 3600, default=30.0,
+                                 doc="the longest wait between attempts"),
+}, doc="Orbax checkpoints: when, how many, and how restores retry.")
+
+DISTRIBUTED = cs.Schema({
+    "coordinator_address": cs.string(optional=True, default=None,
+                                     doc="host:port of process 0; None = detect"),
+    "num_processes": cs.integer(1, optional=True, default=None, doc="None = detect"),
+    "process_id": cs.integer(0, optional=True, default=None, doc="None = detect"),
+    "auto": cs.boolean(default=True, doc="call jax.distributed.initialize() on a detected "
+                                         "cluster (TPU pod, SLURM)"),
+}, doc="Multi-process start-up (never compared on resume).")
 
 SCHEMA = cs.Schema({
-    **{f"model.{k}": v for k, v in _MODEL.items()},
-    **{f"optimizer.{k}": v for k, v in _OPTIMIZER.items()},
-    **_optimizer_keyword_fields(),
-    **{f"data.{k}": v for k, v in _DATA.items()},
-    **{f"mesh.{k}": cs.integer(-1) for k in ("data", "fsdp", "tensor")},
-    **{f"train.{k}": v for k, v in _TRAIN.items()},
-    **{f"train.faults.{k}": v for k, v in _FAULTS.items()},
-    **{f"checkpoint.{k}": v for k, v in _CHECKPOINT.items()},
-    **{f"distributed.{k}": v for k, v in _DISTRIBUTED.items()},
+    "model": transformer.SCHEMA,
+    "optimizer": optimizer_lib.SCHEMA,
+    "data": data_pipeline.SCHEMA,
+    "mesh": MESH,
+    "train": TRAIN,
+    "checkpoint": CHECKPOINT,
+    "distributed": DISTRIBUTED,
 })
+GROUPS = ("model", "optimizer", "data", "mesh", "train", "checkpoint", "distributed")
+
 
 @SCHEMA.rule
 def _schedule_fits(config) -> str | None:
@@ -161,6 +142,7 @@ def _schedule_fits(config) -> str | None:
             f"{decay} (decay_fraction={opt.decay_fraction}) exceeds config.train.steps={steps}")
   return None
 
+
 @SCHEMA.rule
 def _sign_vote_needs_a_sign_optimizer(config) -> str | None:
   name = config.optimizer.name
@@ -169,27 +151,7 @@ def _sign_vote_needs_a_sign_optimizer(config) -> str | None:
             f"{', '.join(step_lib.SIGN_VOTE_OPTIMIZERS)}, got {name!r}")
   return None
 
-@SCHEMA.rule
-def _faulty_replicas_are_a_count_or_a_list(config) -> str | None:
-  # The indices against the mesh's data size are checked in trainer.validate.
-  return faults_lib.check(config.train.get("faults"), num_replicas=1 << 30)
-
-@SCHEMA.rule
-def _loss_chunks_divide(config) -> str | None:
-  t = config.train
-  if t.loss_chunk_len and t.seq_len % t.loss_chunk_len:
-    return (f"config.train.loss_chunk_len: {t.loss_chunk_len!r} must be 0 (whole logits) or a "
-            f"positive divisor of config.train.seq_len={t.seq_len}")
-  if t.global_batch_size % t.grad_accum:
-    return (f"config.train.global_batch_size: {t.global_batch_size} is not divisible by "
-            f"config.train.grad_accum={t.grad_accum}")
-  return None
-
 
 def default_config() -> ml_collections.ConfigDict:
   """A whole train config at every group's defaults (the tiny CPU job)."""
-  return ml_collections.ConfigDict(dict(
-      model=default_model_config(), optimizer=optimizer_lib.default_optimizer_config(),
-      data=data_pipeline.default_data_config(), mesh=default_mesh_config(),
-      train=default_train_config(),
-      checkpoint=default_checkpoint_config(), distributed=default_distributed_config()))
+  return SCHEMA.defaults()

@@ -45,7 +45,7 @@ def transformer_config(config, vocab_size: int | None = None) -> model_lib.Trans
 class Run:
   """Everything a training run is built from; see ``setup``."""
   config: Any
-  model: model_lib.TransformerConfig
+  model_config: model_lib.TransformerConfig
   mesh: Mesh
   graphdef: Any
   param_axes: Any
@@ -66,7 +66,7 @@ class Run:
       with jax.set_mesh(self.mesh):
         return jax.jit(init, out_shardings=self.shardings)(params)
     seed = self.config.train.seed if seed is None else seed
-    init = lambda rng: step_lib.init_state(self.model, self.tx, rng)
+    init = lambda rng: step_lib.init_state(self.model_config, self.tx, rng)
     with jax.set_mesh(self.mesh):
       return jax.jit(init, out_shardings=self.shardings)(jax.random.key(seed))
 
@@ -143,7 +143,7 @@ def setup(config, *, vocab_size: int | None = None, noise_stats: bool | None = N
                                    mesh, shardings))
 
   train_step, eval_step = _jitted_steps(_static_key(config, noise_stats), mesh, build)
-  return Run(config=config, model=model, mesh=mesh, graphdef=graphdef, param_axes=param_axes,
+  return Run(config=config, model_config=model, mesh=mesh, graphdef=graphdef, param_axes=param_axes,
              num_params=sum(x.size for x in jax.tree.leaves(param_shapes)), tx=tx,
              learning_rate_fn=learning_rate_fn, abstract_state=abstract, shardings=shardings,
              batch_sharding=parallel.batch_sharding(mesh), train_step=train_step,

@@ -182,11 +182,8 @@ def make_sign_vote_optimizer(opt_config, total_steps: int, param_axes, param_sha
   applies ``sign_sgd`` (weight decay and learning rate) to the voted signs: the
   update rule of ``config.optimizer.name`` with ``sign(m)`` replaced by the vote.
   ``tx.update`` takes stacked per-replica gradients (see ``per_replica_gradients``).
+  ``opt_config.name`` is one of ``SIGN_VOTE_OPTIMIZERS`` (``signflax.train.schema``'s rule).
   """
-  if opt_config.name not in SIGN_VOTE_OPTIMIZERS:
-    raise ValueError(f"config.train.gradient_exchange: 'sign_vote' needs "
-                     f"config.optimizer.name in {', '.join(SIGN_VOTE_OPTIMIZERS)}, "
-                     f"got {opt_config.name!r}")
   schedule = optimizer_lib.make_schedule(opt_config, total_steps)
   kwargs = optimizer_lib.optimizer_kwargs(opt_config, param_axes)
   outer = optim.sign_sgd(schedule, weight_decay=kwargs.pop("weight_decay"),

@@ -5,9 +5,9 @@
 Config groups: ``model`` (``signflax.model.TransformerConfig`` fields),
 ``optimizer``, ``data`` (``signflax.data.default_data_config()``), ``mesh``
 (data/fsdp/tensor sizes, -1 = the rest), ``train``, ``checkpoint`` and
-``distributed``; see ``signflax/configs/lm/tiny.py`` for every field. ``workdir``
+``distributed``; ``docs/configuration.md`` lists every field. ``workdir``
 receives ``config.json``, ``metrics.jsonl``, TensorBoard events under ``tb/``
-and Orbax checkpoints under ``checkpoints/``. A run started in a workdir that
+and Orbax checkpoints under ``checkpoints/`` (``signflax.train.workdir``). A run started in a workdir that
 holds checkpoints resumes from the latest readable one (see
 ``signflax.train.checkpoint``), after checking the config against the saved one
 (``signflax.train.recovery``). SIGTERM saves a checkpoint and exits 0; SIGINT
@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import shutil
 import signal
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from etils import epath
 
 from signflax import data as data_lib
 from signflax import metric_writers
+from signflax import outcomes
 from signflax import model as model_lib
 from signflax import parallel
 from signflax import storage
@@ -44,6 +44,7 @@ from signflax.train import preemption
 from signflax.train import recovery
 from signflax.train import schema
 from signflax.train import setup as setup_lib
+from signflax.train import workdir as workdir_lib
 
 def _log(message: str) -> None:
   """Progress notes on stderr, from process 0 only."""
@@ -54,9 +55,11 @@ def _log(message: str) -> None:
 def validate(config) -> None:
   """Every check before compilation; raises a one-line ValueError naming the field.
 
-  Starts ``jax.distributed`` first (multi-process runs), so the checks see the
-  whole job's devices and processes: types and ranges from ``schema.SCHEMA``,
-  then what needs the tokenizer, the data files and the device count.
+  No side effects: types and ranges from ``schema.SCHEMA``, the optimizer's own
+  checks, then what needs the tokenizer (read once per process) and the data
+  files. The checks that need the job's devices and processes
+  (``check_topology``) run here for a single-process job; a multi-process job
+  runs them in ``run``, once ``jax.distributed`` has started.
   """
   missing = [g for g in schema.GROUPS if g not in config]
   if missing:
@@ -66,12 +69,10 @@ def validate(config) -> None:
   schema.SCHEMA.check(config)
   t = config.train
   optimizer_lib.check_optimizer(config.optimizer, t.steps)
-  parallel.maybe_initialize_distributed(config)
   data_lib.validate(config.data, seq_len=t.seq_len, global_batch_size=t.global_batch_size,
-                    process_count=jax.process_count())
+                    process_count=1)
   vocab = data_lib.build_tokenizer(config.data).vocab_size
   cfg = setup_lib.transformer_config(config, vocab)
-  cfg.check()
   if cfg.vocab_size < vocab:
     raise ValueError(f"config.model.vocab_size: {cfg.vocab_size} is smaller than the "
                      f"tokenizer's {vocab} (set it to None to follow the tokenizer)")
@@ -81,6 +82,17 @@ def validate(config) -> None:
   if t.seq_len > cfg.max_seq_len:
     raise ValueError(f"config.train.seq_len: {t.seq_len} is longer than the model's context "
                      f"config.model.max_seq_len={cfg.max_seq_len}")
+  if not parallel.is_multi_process(config):
+    check_topology(config)
+
+
+def check_topology(config) -> None:
+  """The checks that need the job's devices and processes (after ``jax.distributed``)."""
+  t = config.train
+  if t.global_batch_size % jax.process_count():
+    raise ValueError(f"config.train.global_batch_size: {t.global_batch_size} is not divisible "
+                     f"by the {jax.process_count()} processes; use a multiple of "
+                     f"{jax.process_count()}")
   shape = dict(zip(parallel.MESH_AXES,
                    parallel.resolve_mesh_shape(config.mesh, jax.device_count())))
   error = faults_lib.check(t.get("faults"), shape["data"])
@@ -161,7 +173,7 @@ def _train_loop(loop: _Loop, state, resumed: dict):
   config, run = loop.run.config, loop.run
   t, c = config.train, config.checkpoint
   tokens_per_step = t.global_batch_size * t.seq_len
-  flops_per_token = model_lib.flops_per_token(run.model, t.seq_len)
+  flops_per_token = model_lib.flops_per_token(run.model_config, t.seq_len)
   peak_flops = metrics_lib.peak_flops_per_device()
   progress = metric_writers.ProgressBar(t.steps, enabled=jax.process_index() == 0)
   first = int(state.step) + 1
@@ -224,9 +236,8 @@ def _train_loop(loop: _Loop, state, resumed: dict):
 
 def _same_job(workdir: epath.Path, config) -> bool:
   """Whether ``workdir/config.json`` is this config (the ``distributed`` group aside)."""
-  try:
-    old = json.loads((workdir / "config.json").read_text())
-  except (OSError, ValueError):
+  old = recovery.read_saved_config(workdir)
+  if old is None:
     return False
   new = json.loads(config.to_json_best_effort())
   old.pop("distributed", None)
@@ -253,18 +264,6 @@ def _unwritable(workdir: epath.Path) -> str | None:
   return None
 
 
-def _warn_if_disk_short(workdir: epath.Path, checkpoint_bytes: int) -> None:
-  if storage.is_remote(workdir):  # a bucket has no free-space figure
-    return
-  existing = workdir
-  while not existing.exists():
-    existing = existing.parent
-  free = shutil.disk_usage(existing).free
-  if free < checkpoint_bytes:
-    _log(f"signflax train: warning: {free / 2**20:.0f} MiB free under {existing}, less than "
-         f"one checkpoint of this model (~{checkpoint_bytes / 2**20:.0f} MiB)")
-
-
 def _workdir_error(workdir: epath.Path, config) -> str | None:
   """Why ``workdir`` cannot hold this run (None if it can); checked before any device work.
 
@@ -274,9 +273,8 @@ def _workdir_error(workdir: epath.Path, config) -> str | None:
   error = _unwritable(workdir)
   if error:
     return error
-  ckpt_dir = workdir / "checkpoints"
-  has_checkpoints = ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir())
-  if ((workdir / "metrics.jsonl").exists() and not has_checkpoints
+  layout = workdir_lib.Workdir(workdir)
+  if (layout.metrics.exists() and not layout.has_checkpoint_dirs()
       and not _same_job(workdir, config)):
     return (f"--workdir: {workdir} already holds metrics.jsonl from an earlier run with "
             "another config and no checkpoint to resume from; choose a new directory "
@@ -284,19 +282,13 @@ def _workdir_error(workdir: epath.Path, config) -> str | None:
   return None
 
 
-def _error(message: str) -> int:
-  """Reports a run that cannot go on as one line; returns exit code 2."""
-  print(f"signflax train: error: {message}", file=sys.stderr, flush=True)
-  return 2
-
-
 def _checkpointer(config, workdir: epath.Path) -> checkpoint_lib.Checkpointer:
   c = config.checkpoint
   # Leftovers are cleaned: process 0 holds the workdir lock, or the workdir is new.
   return checkpoint_lib.Checkpointer(
-      workdir / "checkpoints", keep=c.keep, keep_period=c.keep_period, async_save=c.async_save,
+      workdir_lib.Workdir(workdir).checkpoints, keep=c.keep, keep_period=c.keep_period, async_save=c.async_save,
       checksum=c.checksum, restore_tries=c.restore_tries, retry_delay_s=c.retry_delay_s,
-      clean_leftovers=True)
+      retry_max_delay_s=c.retry_max_delay_s, clean_leftovers=True)
 
 
 def _resume_config_error(saved: dict | None, config, allow_change: bool
@@ -317,8 +309,9 @@ def _resume_config_error(saved: dict | None, config, allow_change: bool
 
 
 def _restore(job: setup_lib.Run, ckpt, workdir, allow_change: bool):
-  """(restored or None, config changes or None); raises ValueError (exit 2) for a
-  checkpoint or config change this run cannot take."""
+  """(restored or None, config changes or None); raises IncompatibleCheckpoint or
+  BadInput (exit 2) for a checkpoint or config change this run cannot take, TransientIO
+  for a checkpoint unreadable for now."""
   config = job.config
   saved = recovery.read_saved_config(workdir) if ckpt.all_steps() else None
   labels = ((saved or {}).get("optimizer", {}).get("name", "saved"), config.optimizer.name)
@@ -331,7 +324,7 @@ def _restore(job: setup_lib.Run, ckpt, workdir, allow_change: bool):
       pass
   error, changes = _resume_config_error(saved, config, allow_change)
   if error:
-    raise ValueError(error)
+    raise outcomes.BadInput(error)
   return ckpt.restore_latest(_checkpointed(job.abstract_state), labels), changes
 
 
@@ -360,12 +353,12 @@ def _with_config_hyperparams(state, job: setup_lib.Run):
 def _record_config(workdir, config, restored, changes) -> None:
   """config.json for a fresh run; on a resume with changes, one warning line, the
   history, and the new config.json."""
-  path = workdir / recovery.CONFIG_FILE
+  path = workdir_lib.Workdir(workdir).config
   if restored is not None and changes and path.exists():
     accepted = changes.guarded + changes.allowed
-    _log(f"signflax train: warning: config changed since the checkpoint at step "
+    _log(f"warning: config changed since the checkpoint at step "
          f"{restored.step}: {changes.describe(accepted)} (history in "
-         f"{workdir / recovery.HISTORY_FILE})")
+         f"{workdir_lib.Workdir(workdir).history})")
     recovery.append_history(workdir, restored.step, accepted)
   elif restored is not None and path.exists():
     return
@@ -376,113 +369,131 @@ class _Stopped(Exception):
   """A signal arrived before the first step: leave without training."""
 
 
-def run(config, workdir: str, *, allow_config_change: bool = False) -> int:
-  """Trains ``config`` and writes results to ``workdir``; returns the exit code.
+def run(config, workdir: str, *, allow_config_change: bool = False) -> outcomes.Finished:
+  """Trains ``config`` and writes results to ``workdir``; returns how the run ended.
 
   ``config`` is validated (``validate``). Resumes from ``workdir/checkpoints``
-  when it holds a checkpoint. Exit codes: 0 done or stopped by SIGTERM
-  (checkpoint saved), 130 stopped by SIGINT, 1 non-finite loss, a failed save,
-  or a checkpoint unreadable for now (transient: nothing moved, start again), 2
-  bad workdir, an incompatible checkpoint, or a config change the checkpoint
-  cannot take (``train.seed`` needs ``allow_config_change``); nothing in the
-  workdir is changed then. A fresh run that fails or is stopped before its
-  first checkpoint leaves the workdir reusable (``recovery.StartGuard``).
+  when it holds a checkpoint. Returns ``Finished.DONE`` (trained, or nothing left
+  to do), ``PREEMPTED`` (SIGTERM: checkpoint saved) or ``INTERRUPTED`` (SIGINT:
+  checkpoint saved). Raises (``signflax.outcomes``): ``Diverged`` for a
+  non-finite loss, ``SaveFailed`` for a failed save, ``TransientIO`` for a
+  checkpoint unreadable for now (nothing moved: start again), ``BadInput`` for a
+  bad or busy workdir, and ``IncompatibleCheckpoint`` or ``BadInput`` for a
+  checkpoint or config change this run cannot take (``train.seed`` needs
+  ``allow_config_change``); nothing in the workdir is changed then. A fresh run
+  that fails or is stopped before its first checkpoint leaves the workdir
+  reusable (``recovery.StartGuard``).
   """
   storage.configure_clients()  # before the first gs:// access (an emulator, if set)
   workdir = storage.path(workdir)
   error = _workdir_error(workdir, config)
   if error:
-    return _error(error)
+    raise outcomes.BadInput(error)
   # Signals first, so one during set-up, compilation or the first eval counts too.
   stopper = preemption.PreemptionHandler(
       check_every=config.checkpoint.preemption_check_every)
   with contextlib.ExitStack() as stack:
     stack.callback(stopper.restore)
-    parallel.maybe_initialize_distributed(config)
+    if parallel.maybe_initialize_distributed(config):
+      try:  # validate() left these to now: they need the whole job
+        check_topology(config)
+      except ValueError as e:
+        raise outcomes.BadInput(outcomes.one_line(e)) from e
     stopper.install()  # jax.distributed may have put its own SIGTERM handler in place
     is_main = jax.process_index() == 0
     if is_main and workdir.is_dir() and not storage.is_remote(workdir):
-      try:
-        stack.callback(recovery.WorkdirLock.acquire(workdir).release)
-      except recovery.WorkdirBusyError as e:
-        return _error(str(e))
+      stack.callback(workdir_lib.WorkdirLock.acquire(workdir).release)
     recovery.enable_compilation_cache(
-        recovery.compilation_cache_dir(workdir, config.train.compilation_cache_dir))
+        recovery.compilation_cache_dir(config.train.compilation_cache_dir))
     return _run(config, workdir, stopper, stack, allow_config_change)
 
 
-def _run(config, workdir, stopper, stack, allow_config_change) -> int:
+def _run(config, workdir, stopper, stack, allow_config_change) -> outcomes.Finished:
   t = config.train
   is_main = jax.process_index() == 0
   tokenizer = data_lib.build_tokenizer(config.data)
   start = time.monotonic()
   job = setup_lib.setup(config, vocab_size=tokenizer.vocab_size)
-  _warn_if_disk_short(workdir, sum(x.size * x.dtype.itemsize
-                                   for x in jax.tree.leaves(job.abstract_state)))
   stack.enter_context(jax.set_mesh(job.mesh))
   ckpt = _checkpointer(config, workdir)
+  ckpt.check_room(checkpoint_lib.tree_nbytes(job.abstract_state))  # warns before compiling
+  # However the run ends, the checkpointer is closed: its background saves finish or fail
+  # now, not at interpreter exit.
+  stack.callback(_close_quietly, ckpt)
   try:
     restored, changes = _restore(job, ckpt, workdir, allow_config_change)
-  except checkpoint_lib.TransientCheckpointError as e:
-    print(f"signflax train: error: {e}", file=sys.stderr, flush=True)
-    return 1
-  except (ValueError, RuntimeError) as e:  # incompatible, config change, none restores
-    return _error(str(e).replace("\n", " "))
+  except outcomes.SignflaxError:
+    raise
+  except (ValueError, RuntimeError) as e:  # anything else a checkpoint can't be resumed for
+    raise outcomes.BadInput(outcomes.one_line(e)) from e
   if restored is not None and int(restored.state.step) >= t.steps:
     _log(f"nothing to do: {workdir} holds a checkpoint at step {int(restored.state.step)} "
          f">= config.train.steps={t.steps}")
-    ckpt.close()
-    return 0
+    return outcomes.Finished.DONE
   if restored is not None:
     state = _with_config_hyperparams(restored.state, job)
   elif t.get("init_from"):
     from signflax.train import hf  # pylint: disable=import-outside-toplevel
-    state = job.init_state(params=hf.load_params(t.init_from, job.model))
+    state = job.init_state(params=hf.load_params(t.init_from, job.model_config))
     _log(f"initialized from {t.init_from}")
   else:
     state = job.init_state()
 
   # Only now is the workdir written to: every check that could refuse the run has passed.
   guard = recovery.StartGuard(workdir) if restored is None else None
-  writer, stopped_early = None, False
+  writer = None
   try:
     if is_main:
       workdir.mkdir(parents=True, exist_ok=True)
       if guard is not None and not guard.existed and not storage.is_remote(workdir):
         # a new local workdir: lock it now
-        stack.callback(recovery.WorkdirLock.acquire(workdir).release)
+        stack.callback(workdir_lib.WorkdirLock.acquire(workdir).release)
       _record_config(workdir, config, restored, changes)
     writer = metric_writers.MetricWriter(workdir, enabled=is_main)
     writer.restart(int(state.step))  # every start: each step appears once in the logs
-    code = _train(job, workdir, state, restored, ckpt, writer, stopper, tokenizer, start)
+    outcome = _train(job, workdir, state, restored, ckpt, writer, stopper, tokenizer, start)
   except _Stopped:
-    code, stopped_early = stopper.exit_code, True
+    outcome = stopper.outcome
     name = signal.Signals(stopper.received).name if stopper.received else "a signal"
     _log(f"stopped by {name} before the first step; nothing to save (start the same command "
          "again to run)")
-  except checkpoint_lib.CheckpointSaveError as e:
-    print(f"signflax train: error: {e}", file=sys.stderr, flush=True)
-    code = 1
+    _undo_start(guard, ckpt, writer)
+    return outcome
+  except outcomes.SignflaxError:
+    _undo_start(guard, ckpt, writer)
+    raise
   except BaseException:
     if writer is not None:
       writer.close()
     if guard is not None and not ckpt.all_steps():
       guard.undo()
     raise
+  _undo_start(guard if outcome is not outcomes.Finished.DONE else None, ckpt, writer)
+  return outcome
+
+
+def _close_quietly(ckpt: checkpoint_lib.Checkpointer) -> None:
+  """Closes the checkpointer; a save error was already raised (or will be by ``close``)."""
+  with contextlib.suppress(checkpoint_lib.CheckpointSaveError):
+    ckpt.close()
+
+
+def _undo_start(guard, ckpt, writer) -> None:
+  """A fresh run that ends before its first checkpoint leaves the workdir reusable."""
   if writer is not None:
     writer.close()
-  if (code != 0 or stopped_early) and guard is not None and not ckpt.all_steps():
+  if guard is not None and not ckpt.all_steps():
     note = guard.undo()
     if note:
-      _log(f"signflax train: {note} (no checkpoint was saved; the workdir is reusable)")
-  return code
+      _log(f"{note} (no checkpoint was saved; the workdir is reusable)")
 
 
-def _train(job, workdir, state, restored, ckpt, writer, stopper, tokenizer, start) -> int:
-  """Compiles, evaluates and runs the loop; returns the exit code. Raises _Stopped for
-  a signal before the first step, CheckpointSaveError for a failed save."""
+def _train(job, workdir, state, restored, ckpt, writer, stopper, tokenizer, start
+           ) -> outcomes.Finished:
+  """Compiles, evaluates and runs the loop. Raises _Stopped for a signal before the first
+  step, CheckpointSaveError for a failed save, NonFiniteError (Diverged) for a NaN."""
   config, t = job.config, job.config.train
-  model = job.model
+  model = job.model_config
   _log(f"model: {job.num_params / 1e6:.2f}M params, {model.num_layers} layers x "
        f"{model.d_model} wide, vocab {model.vocab_size}, {model.dtype} compute | mesh "
        f"{dict(job.mesh.shape)} on {jax.device_count()} x {jax.devices()[0].device_kind}")
@@ -521,17 +532,15 @@ def _train(job, workdir, state, restored, ckpt, writer, stopper, tokenizer, star
   try:
     state, last, preempted = _train_loop(
         loop, state, restored.extra.get("loop", {}) if restored else {})
-  except preemption.NonFiniteError as e:
-    with contextlib.suppress(checkpoint_lib.CheckpointSaveError):
-      ckpt.close()
-    print(f"signflax train: error: {e}", file=sys.stderr, flush=True)
-    return 1
+  except preemption.NonFiniteError:
+    _close_quietly(ckpt)  # the last good checkpoint is kept
+    raise
   ckpt.close()
   if preempted:
-    return stopper.exit_code
+    return stopper.outcome
   tokens_per_s = t.global_batch_size * t.seq_len * (t.steps - first_step) / (
       time.monotonic() - train_start)
   _log(f"done: {t.steps} steps in {time.monotonic() - start:.0f}s (compile {compile_s:.0f}s) | "
        f"final eval loss {last.get('eval_loss', float('nan')):.4f} nats/token vs eval unigram "
        f"entropy {unigram:.4f} | {tokens_per_s:,.0f} tokens/s with evals | {workdir}")
-  return 0
+  return outcomes.Finished.DONE

@@ -14,8 +14,8 @@ from signflax.train.schema import default_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-  # Every field at its default (signflax.train.schema.default_*_config, the model's from
-  # signflax.model.TransformerConfig); this job changes only what it must.
+  # Every field at its declared default (signflax.train.schema.SCHEMA, listed in
+  # docs/configuration.md); this job changes only what it must.
   config = default_config()
   config.model.update(dict(
       vocab_size=None,        # None = the tokenizer's vocab (258 bytes+specials) padded to 128
