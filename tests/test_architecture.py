@@ -22,6 +22,7 @@ COMPONENTS = {
     "signflax.configs.*": "configs",
     "signflax.experiments.sweep": "lm_experiments",
     "signflax.experiments.fits": "lm_experiments",
+    "signflax.experiments.fault_sweep": "lm_experiments",
     "signflax.experiments.linreg": "lab",
     "signflax.experiments.compute_optimal": "lab",
     "signflax.train.*": "train",
