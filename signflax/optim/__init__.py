@@ -22,6 +22,7 @@ from signflax.optim._muon import muon
 from signflax.optim._muon import muon_labels
 from signflax.optim._muon import orthogonalize
 from signflax.optim._muon import scale_by_muon
+from signflax.optim._muon import uses_gram
 from signflax.optim._muon_dims import MuonDims
 from signflax.optim._muon_dims import conv_dims
 from signflax.optim._muon_dims import dense_general_dims
@@ -50,5 +51,5 @@ __all__ = [
     "gradient_noise_stats", "hidden_matrix_dims", "is_hidden_matrix", "lion",
     "logical_axes_dims", "momentum", "muon", "muon_labels", "optimizer_keywords",
     "orthogonalize", "path_name", "scale_by_muon", "scale_by_sign", "scale_by_signum", "sgd",
-    "sign_sgd", "signum", "wsd_schedule",
+    "sign_sgd", "signum", "uses_gram", "wsd_schedule",
 ]

@@ -77,7 +77,7 @@ _KEYWORDS = {
     "fallback_learning_rate": cs.real(0, low_open=True, optional=True),
     # Named choices (Muon's coeffs, scale, fallback; dtypes) are the library's to check:
     # ``trainer.validate`` builds the optimizer once and names the field of any error.
-    **{k: cs.string(optional=True) for k in ("coeffs", "scale", "fallback", "mu_dtype",
+    **{k: cs.string(optional=True) for k in ("coeffs", "scale", "fallback", "mu_dtype", "ns_impl",
                                              "ns_dtype")},
 }
 _DATA = {
