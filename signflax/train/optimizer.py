@@ -176,7 +176,9 @@ def rate_table(opt_config, total_steps: int, peak: float) -> np.ndarray:
       _RATE_TABLES.pop(next(iter(_RATE_TABLES)))
     schedule = make_schedule(opt_config, total_steps, peak=peak)
     steps = jnp.arange(total_steps + 1, dtype=jnp.int32)
-    table = np.asarray(jax.jit(lambda s: jax.lax.map(schedule, s))(steps), np.float32)
+    def schedule_table(steps):  # named for the compile log
+      return jax.lax.map(schedule, steps)
+    table = np.asarray(jax.jit(schedule_table)(steps), np.float32)
     table.flags.writeable = False
     _RATE_TABLES[key] = table
   return _RATE_TABLES[key]
