@@ -192,7 +192,7 @@ def uses_gram(shape: tuple[int, ...], impl: str) -> bool:
 
 
 def orthogonalize(x: jax.Array, *, steps: int = DEFAULT_STEPS, coeffs: Union[str, Any] = "quintic",
-                  dtype: Any = jnp.bfloat16, eps: float = 1e-7, impl: str = "standard",
+                  dtype: Any = jnp.bfloat16, eps: float = 1e-7, impl: str = "auto",
                   gram_restart_every: int | None = None) -> jax.Array:
   r"""Newton-Schulz approximation of the polar factor :math:`UV^\top` of :math:`X = U\Sigma V^\top`.
 
@@ -216,7 +216,8 @@ def orthogonalize(x: jax.Array, *, steps: int = DEFAULT_STEPS, coeffs: Union[str
   ``impl``: ``"standard"`` iterates on :math:`X` (:math:`4m^2n + 2m^3` FLOPs a step for
   :math:`m \le n`); ``"gram"`` iterates on the :math:`m \times m` Gram matrix (see
   :func:`_gram_iteration`: :math:`4m^2n` once plus :math:`8m^3` a step), the same
-  polynomial up to rounding; ``"auto"``: Gram when :math:`n/m \ge` ``GRAM_MIN_ASPECT``.
+  polynomial up to rounding; ``"auto"`` (default, as in :func:`scale_by_muon`): Gram
+  when :math:`n/m \ge` ``GRAM_MIN_ASPECT``.
   In bfloat16 the Gram iteration loses more than the standard one on ill-conditioned
   inputs (the Gram matrix squares the condition number), so it is re-formed from
   :math:`X` every ``gram_restart_every`` steps (default ``GRAM_RESTART_EVERY``: 3 in
