@@ -128,7 +128,7 @@ def gpt2_hidden(layers: int, width: int):
           "c_fc": (layers, width, 4 * width), "mlp_proj": (layers, 4 * width, width)}
 
 
-def interleaved(fns: dict, args_of: dict, repeats: int) -> dict:
+def interleaved(fns: dict, args_of: dict, repeats: int, verbose: bool = False) -> dict:
   """Median seconds per call of each jitted fn, run in turn (A B C A B C ...) so load
   changes hit every contestant alike. Returns {name: (compile s, median s, samples)}."""
   state, compile_s = {}, {}
@@ -137,11 +137,14 @@ def interleaved(fns: dict, args_of: dict, repeats: int) -> dict:
     state[name] = jax.block_until_ready(fn(*args_of[name]))
     compile_s[name] = time.perf_counter() - t0
   samples = {name: [] for name in fns}
-  for _ in range(repeats):
+  for i in range(repeats):
     for name, fn in fns.items():
       t0 = time.perf_counter()
       state[name] = jax.block_until_ready(fn(*state[name]))
       samples[name].append(time.perf_counter() - t0)
+    if verbose:
+      print(f"  repetition {i + 1}/{repeats}: "
+            + ", ".join(f"{n} {s[-1] * 1e3:.0f} ms" for n, s in samples.items()), flush=True)
   return {n: (compile_s[n], statistics.median(samples[n]), samples[n]) for n in fns}
 
 
@@ -175,15 +178,13 @@ def ns_main(args) -> None:
     p = jax.tree.map(jnp.copy, params)
     args_of[name] = (p, tx.init(p), grads)
   load_before = os.getloadavg()
-  timed = interleaved(fns, args_of, args.repeats)
+  timed = interleaved(fns, args_of, args.repeats, verbose=True)
   load = os.getloadavg()
   auto = timed["muon ns_impl=auto"][1]
-  std_flops = sum(math.prod(s[:-2]) * 5 * (4 * min(s[-2:]) ** 2 * max(s[-2:]) + 2 * min(s[-2:]) ** 3)
-                  for s in shapes.values())
-  auto_flops = sum(math.prod(s[:-2]) * (gram_flops(min(s[-2:]), max(s[-2:]), 5)
-                                        if sfo.uses_gram(s, "auto")
-                                        else 5 * (4 * min(s[-2:]) ** 2 * max(s[-2:])
-                                                  + 2 * min(s[-2:]) ** 3))
+  standard = lambda m, n: 5 * (4 * m * m * n + 2 * m ** 3)
+  std_flops = sum(math.prod(s[:-2]) * standard(*sorted(s[-2:])) for s in shapes.values())
+  auto_flops = sum(math.prod(s[:-2]) * (gram_flops(*sorted(s[-2:]), 5) if sfo.uses_gram(s, "auto")
+                                        else standard(*sorted(s[-2:])))
                    for s in shapes.values())
 
   # orthogonality error of the update direction: one stacked c_fc matrix of condition
@@ -224,8 +225,9 @@ def ns_main(args) -> None:
         f"number 1e3, float32): standard {errors['standard']:.2e}, gram {errors['gram']:.2e} "
         f"(bound: 1e-3)")
   device = jax.devices()[0]
-  out = pathlib.Path(args.json or f"benchmarks/results/optim_bench_ns_{'small' if args.small else 'gpt2'}"
-                     f"_{device.platform}.json")
+  size = "small" if args.small else "gpt2"
+  out = pathlib.Path(args.json
+                     or f"benchmarks/results/optim_bench_ns_{size}_{device.platform}.json")
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(dict(
       device=device.device_kind, platform=device.platform, layers=layers, width=width,

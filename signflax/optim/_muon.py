@@ -462,7 +462,8 @@ def _matrices_only(params):
 def muon(learning_rate: optax.ScalarOrSchedule, *, beta: float = 0.95, nesterov: bool = True,
          steps: int | None = None, coeffs: Union[str, Any] = "quintic",
          ns_dtype: Any = "bfloat16", ns_impl: str = "auto", scale: str = "shape",
-         rms_target: float = 0.2, weight_decay: float = 0.0, muon_params: Union[None, Callable, Any] = None,
+         rms_target: float = 0.2, weight_decay: float = 0.0,
+         muon_params: Union[None, Callable, Any] = None,
          dimension_numbers: Any = None,
          fallback: Union[str, optax.GradientTransformation] = "adamw",
          fallback_learning_rate: optax.ScalarOrSchedule | None = None
@@ -519,7 +520,8 @@ def muon(learning_rate: optax.ScalarOrSchedule, *, beta: float = 0.95, nesterov:
 
   hidden = optax.chain(
       scale_by_muon(beta, nesterov=nesterov, steps=steps, coeffs=coeffs, ns_dtype=ns_dtype,
-                    ns_impl=ns_impl, scale=scale, rms_target=rms_target, dimension_numbers=dimension_numbers),
+                    ns_impl=ns_impl, scale=scale, rms_target=rms_target,
+                    dimension_numbers=dimension_numbers),
       optax.add_decayed_weights(weight_decay),
       optax.scale_by_learning_rate(learning_rate),
   )
