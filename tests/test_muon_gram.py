@@ -98,3 +98,9 @@ def test_bad_ns_impl_names_the_argument(bad):
     sfo.muon(0.02, ns_impl=bad)
   with pytest.raises(ValueError, match="impl"):
     sfo.orthogonalize(jnp.ones((4, 8)), impl=bad)
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "3"])
+def test_bad_gram_restart_every_names_the_argument(bad):
+  with pytest.raises((ValueError, TypeError), match="gram_restart_every"):
+    sfo.orthogonalize(jnp.ones((4, 8)), impl="gram", gram_restart_every=bad)

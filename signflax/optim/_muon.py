@@ -240,6 +240,8 @@ def orthogonalize(x: jax.Array, *, steps: int = DEFAULT_STEPS, coeffs: Union[str
   if x.ndim < 2:
     raise ValueError(f"x: orthogonalize needs ndim >= 2, got shape {x.shape}")
   _checks.check_choice("impl", impl, NS_IMPLS)
+  if gram_restart_every is not None:
+    _checks.check_int("gram_restart_every", gram_restart_every, 0)
   table, safety = resolve_coeffs(coeffs, steps)
   dtype = resolve_ns_dtype(dtype)
   out_dtype = x.dtype
