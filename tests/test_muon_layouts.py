@@ -225,14 +225,16 @@ def _mixed_dims(path, leaf):
   return MIXED[sfo.path_name(path)][2] or sfo.MuonDims()
 
 
+@pytest.mark.parametrize("ns_impl", ["auto", "gram", "standard"])
 @pytest.mark.parametrize("mode", ["explicit", "auto", "explicit_1x1"])
-def test_mixed_tree_every_sharding_mode(mode):
-  """Explicit and auto axes (and a 1x1x1 explicit mesh): same updates as with no mesh,
-  and under explicit axes each update keeps its gradient's sharding."""
+def test_mixed_tree_every_sharding_mode(mode, ns_impl):
+  """Explicit and auto axes (and a 1x1x1 explicit mesh), with each Newton-Schulz
+  iteration: same updates as with no mesh, and under explicit axes each update keeps its
+  gradient's sharding."""
   shape = (1, 1, 1) if mode == "explicit_1x1" else (1, 2, 4)
   axis_type = AxisType.Auto if mode == "auto" else AxisType.Explicit
   mesh = jax.make_mesh(shape, ("data", "fsdp", "tensor"), axis_types=(axis_type,) * 3)
-  tx = sfo.scale_by_muon(dimension_numbers=_mixed_dims, **F32)
+  tx = sfo.scale_by_muon(dimension_numbers=_mixed_dims, ns_impl=ns_impl, **F32)
   grads = [_mixed_tree(10 * s) for s in range(2)]
   params = _mixed_tree(100)
 

@@ -284,3 +284,62 @@ def test_three_point_sweep_compiles_the_train_step_once(tmp_path, field, values)
   assert [r["train_step_compiles"] for r in records] == [1, 0, 0]
   assert "(1 of the train step)" in result.stderr
   assert len({r["final_train_loss"] for r in records}) == 3  # the values reached the step
+
+
+def _compiled_per_point(stderr: str) -> list[list[str]]:
+  """From JAX's compile log (JAX_LOG_COMPILES=1): the programs compiled during each point."""
+  points, names = [], None
+  for line in stderr.splitlines():
+    if line.startswith("[sweep ") and line.endswith(")") and ": running (" in line:
+      names = []
+      points.append(names)
+    elif names is not None and "Finished XLA compilation of " in line:
+      names.append(line.split("Finished XLA compilation of ")[1].split(" in ")[0])
+  return points
+
+
+@pytest.mark.slow
+def test_learning_rate_sweep_compiles_no_step_and_no_state_init_after_its_first_point(tmp_path):
+  """A 4-point rate sweep, read from JAX's compile log: after the first point neither the
+  train step nor the state initializer compiles; what remains per new rate is its rate
+  table (the schedule compiled with the peak as a constant, bit for bit). The sweep's own
+  counts agree with the log."""
+  config = _write_config(
+      tmp_path, "config.product = [('optimizer.learning_rate', [1e-3, 2e-3, 4e-3, 1e-3])]",
+      steps=4)
+  result = subprocess.run(_sweep_cmd(config, tmp_path / "out"), capture_output=True, text=True,
+                          env=_env() | {"JAX_LOG_COMPILES": "1"}, timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  compiled = _compiled_per_point(result.stderr)
+  assert len(compiled) == 4
+  assert "jit(train_step)" in compiled[0] and "jit(_init_with)" in compiled[0]
+  assert compiled[1:] == [["jit(schedule_table)"], ["jit(schedule_table)"], []]
+  records = [json.loads(line) for line in (tmp_path / "out" / "sweep.jsonl").read_text()
+             .splitlines()]
+  assert [r["compiles"] for r in records] == [len(c) for c in compiled]
+  assert [r["train_step_compiles"] for r in records] == [1, 0, 0, 0]
+  assert [r["state_init_compiles"] for r in records] == [1, 0, 0, 0]
+  assert len({r["final_train_loss"] for r in records[:3]}) == 3  # the rates reached the step
+  assert records[3]["final_train_loss"] == records[0]["final_train_loss"]
+
+
+def test_state_init_is_one_program_per_static_config_and_unchanged(tmp_path):
+  """Runs differing in rate, weight decay or seed share one jitted initializer, and its
+  state is bit for bit the one the config's own optimizer initializes."""
+  import jax  # noqa: PLC0415
+  import numpy as np  # noqa: PLC0415
+  from signflax.train import setup as setup_lib  # noqa: PLC0415
+  from signflax.train import step as step_lib  # noqa: PLC0415
+  base = config_io.load_config_file(_write_config(tmp_path, "config.product = []")).base
+  base.optimizer.name = "muon"
+  other = base.copy_and_resolve_references()
+  other.optimizer.learning_rate, other.optimizer.weight_decay, other.train.seed = 5e-3, 0.1, 7
+  first, second = setup_lib.setup(base, vocab_size=256), setup_lib.setup(other, vocab_size=256)
+  assert first.init_fn is second.init_fn
+  state = second.init_state()
+  with jax.set_mesh(second.mesh):
+    reference = jax.jit(lambda rng: step_lib.init_state(second.model, second.tx, rng))(
+        jax.random.key(7))
+  assert jax.tree.structure(state) == jax.tree.structure(reference)
+  jax.tree.map(np.testing.assert_array_equal, state, reference)
+  assert float(state.opt_state.hyperparams["weight_decay"]) == np.float32(0.1)

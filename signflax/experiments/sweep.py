@@ -303,6 +303,7 @@ class CompileCounter:
     return {"compiles": len(compiles),
             "compile_s": round(sum(s for _, s in compiles), 3),
             "train_step_compiles": sum("train_step" in n for n, _ in compiles),
+            "state_init_compiles": sum("_init_with" in n for n, _ in compiles),
             "cache_hits": len(self.hits) - mark[1],
             "compiled": sorted({n for n, _ in compiles})}
 

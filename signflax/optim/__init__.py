@@ -17,11 +17,13 @@ from signflax.optim._alias import sgd
 from signflax.optim._alias import sign_sgd
 from signflax.optim._alias import signum
 from signflax.optim._diagnostics import gradient_noise_stats
+from signflax.optim._muon import NS_IMPLS
 from signflax.optim._muon import ScaleByMuonState
 from signflax.optim._muon import muon
 from signflax.optim._muon import muon_labels
 from signflax.optim._muon import orthogonalize
 from signflax.optim._muon import scale_by_muon
+from signflax.optim._muon import uses_gram
 from signflax.optim._muon_dims import MuonDims
 from signflax.optim._muon_dims import conv_dims
 from signflax.optim._muon_dims import dense_general_dims
@@ -44,11 +46,11 @@ from signflax.optim.registry import lion
 from signflax.optim.registry import optimizer_keywords
 
 __all__ = [
-    "MuonDims", "OPTIMIZERS", "ScaleByMuonState", "ScaleBySignumState", "adamw",
+    "MuonDims", "NS_IMPLS", "OPTIMIZERS", "ScaleByMuonState", "ScaleBySignumState", "adamw",
     "batch_scale_factor", "batch_scaled_learning_rate", "conv_dims", "dense_general_dims",
     "dims_by_path", "dims_from_logical_axes", "einsum_dims", "get_optimizer",
     "gradient_noise_stats", "hidden_matrix_dims", "is_hidden_matrix", "lion",
     "logical_axes_dims", "momentum", "muon", "muon_labels", "optimizer_keywords",
     "orthogonalize", "path_name", "scale_by_muon", "scale_by_sign", "scale_by_signum", "sgd",
-    "sign_sgd", "signum", "wsd_schedule",
+    "sign_sgd", "signum", "uses_gram", "wsd_schedule",
 ]

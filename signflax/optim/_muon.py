@@ -54,6 +54,9 @@ COEFF_PRESETS = {
 SCALES = ("shape", "rms", "none")
 FALLBACKS = ("adamw", "signum")
 NS_DTYPES = ("auto",)
+# Gram iteration: re-form the Gram matrix from X after every this many steps, per dtype
+# (measured: docs/muon_gram.md; without restarts bfloat16 diverges at condition number 100).
+GRAM_RESTART_EVERY = {"float32": 5, "float64": 0, "bfloat16": 3, "float16": 3}
 DEFAULT_STEPS = 5
 
 
@@ -127,8 +130,72 @@ def _whole_matrices(x: jax.Array) -> jax.Array:
   return jax.lax.with_sharding_constraint(x, jax.P(_batch_axis_spec(x.shape[0], mesh), None, None))
 
 
+NS_IMPLS = ("standard", "gram", "auto")
+"""The Newton-Schulz iterations ``ns_impl`` names: on the matrix, on its Gram matrix, or per
+leaf by aspect ratio (see ``uses_gram``)."""
+# ``ns_impl="auto"`` runs the Gram iteration on matrices at least this many times wider
+# than tall (n / m, m <= n). On paper (5 steps) the Gram form costs 4 m^2 n + 34 m^3 FLOPs
+# against 20 m^2 n + 10 m^3, equal at n / m = 1.5; measured on CPU in float32
+# (benchmarks/optim_bench.py --aspect-sweep), it wins from about 1.5 (NOTES.md).
+GRAM_MIN_ASPECT = 1.5
+
+
+def _coefficients(table, k: int, dtype):
+  return tuple(table[k, i].astype(dtype) if isinstance(table, jax.Array)
+               else jnp.asarray(table[k, i], dtype) for i in range(3))
+
+
+def _standard_iteration(x: jax.Array, table, dtype) -> jax.Array:
+  for k in range(table.shape[0]):
+    a, b, c = _coefficients(table, k, dtype)
+    gram = x @ jnp.swapaxes(x, -1, -2)
+    x = a * x + (b * gram + c * (gram @ gram)) @ x
+  return x
+
+
+def _gram_iteration(x: jax.Array, table, dtype, restart_every: int = 0) -> jax.Array:
+  r"""The Newton-Schulz polynomial applied through the small Gram matrix.
+
+  With :math:`X_k = Q_k X_0` and :math:`R_k = X_k X_k^\top` (both :math:`m \times m`),
+  a step :math:`X_{k+1} = P_k X_k`, :math:`P_k = a_k I + b_k R_k + c_k R_k^2`, becomes
+
+  .. math::
+    Q_{k+1} = P_k Q_k, \qquad R_{k+1} = P_k R_k P_k
+
+  (:math:`P_k` is a polynomial in :math:`R_k`, hence symmetric and commuting with it),
+  so the :math:`m \times n` operand is touched twice: :math:`R_0 = X_0 X_0^\top` and
+  :math:`X_K = Q_K X_0`. Every ``restart_every`` steps (0: never) the Gram matrix is
+  formed afresh from :math:`X = Q X_0` (2 more :math:`m \times n` products), which drops
+  the rounding error :math:`R` has accumulated: an eigenvalue of :math:`R` rounded below
+  zero grows geometrically under the polynomial instead of settling near 1.
+  """
+  steps = table.shape[0]
+  gram = lambda y: y @ jnp.swapaxes(y, -1, -2)
+  eye = jnp.eye(x.shape[-2], dtype=dtype)
+  r, q = gram(x), None
+  for k in range(steps):
+    a, b, c = _coefficients(table, k, dtype)
+    p = a * eye + b * r + c * (r @ r)
+    q = p if q is None else p @ q
+    if k == steps - 1:
+      break
+    if restart_every and (k + 1) % restart_every == 0:
+      x, q = q @ x, None
+      r = gram(x)
+    else:
+      r = (p @ r) @ p
+  return q @ x
+
+
+def uses_gram(shape: tuple[int, ...], impl: str) -> bool:
+  """Whether ``impl`` runs the Gram iteration on matrices of ``shape`` (last two axes)."""
+  m, n = sorted(shape[-2:])
+  return impl == "gram" or (impl == "auto" and n >= GRAM_MIN_ASPECT * m)
+
+
 def orthogonalize(x: jax.Array, *, steps: int = DEFAULT_STEPS, coeffs: Union[str, Any] = "quintic",
-                  dtype: Any = jnp.bfloat16, eps: float = 1e-7) -> jax.Array:
+                  dtype: Any = jnp.bfloat16, eps: float = 1e-7, impl: str = "auto",
+                  gram_restart_every: int | None = None) -> jax.Array:
   r"""Newton-Schulz approximation of the polar factor :math:`UV^\top` of :math:`X = U\Sigma V^\top`.
 
   Works on the last two axes (leading axes are a batch) of a tall or wide ``x``:
@@ -148,6 +215,16 @@ def orthogonalize(x: jax.Array, *, steps: int = DEFAULT_STEPS, coeffs: Union[str
     :math:`s = 1.01`. Singular values in about [0.85, 1.13] after 5 steps and within
     1e-2 of 1 after 8 (float32, condition number <= 10).
 
+  ``impl``: ``"standard"`` iterates on :math:`X` (:math:`4m^2n + 2m^3` FLOPs a step for
+  :math:`m \le n`); ``"gram"`` iterates on the :math:`m \times m` Gram matrix (see
+  :func:`_gram_iteration`: :math:`4m^2n` once plus :math:`8m^3` a step), the same
+  polynomial up to rounding; ``"auto"`` (default, as in :func:`scale_by_muon`): Gram
+  when :math:`n/m \ge` ``GRAM_MIN_ASPECT``.
+  In bfloat16 the Gram iteration loses more than the standard one on ill-conditioned
+  inputs (the Gram matrix squares the condition number), so it is re-formed from
+  :math:`X` every ``gram_restart_every`` steps (default ``GRAM_RESTART_EVERY``: 3 in
+  bfloat16, 5 in float32); see docs/muon_gram.md for measured error bounds.
+
   A zero matrix stays zero (never NaN). The iteration runs in ``dtype`` (bfloat16 by
   default, as in practice; float32 for reference results; ``"auto"``: float32 on CPU,
   bfloat16 on GPU/TPU); the result has ``x``'s dtype.
@@ -158,9 +235,15 @@ def orthogonalize(x: jax.Array, *, steps: int = DEFAULT_STEPS, coeffs: Union[str
     coeffs: ``"quintic"``, ``"polar_express"`` or an explicit (steps, 3) table.
     dtype: dtype of the iteration.
     eps: added to the norm in the initial normalisation.
+    impl: ``"standard"``, ``"gram"`` or ``"auto"``.
+    gram_restart_every: the Gram iteration re-forms its Gram matrix from :math:`X`
+      after every this many steps (0: never; None: ``GRAM_RESTART_EVERY`` of ``dtype``).
   """
   if x.ndim < 2:
     raise ValueError(f"x: orthogonalize needs ndim >= 2, got shape {x.shape}")
+  _checks.check_choice("impl", impl, NS_IMPLS)
+  if gram_restart_every is not None:
+    _checks.check_int("gram_restart_every", gram_restart_every, 0)
   table, safety = resolve_coeffs(coeffs, steps)
   dtype = resolve_ns_dtype(dtype)
   out_dtype = x.dtype
@@ -169,11 +252,12 @@ def orthogonalize(x: jax.Array, *, steps: int = DEFAULT_STEPS, coeffs: Union[str
     x = jnp.swapaxes(x, -1, -2)
   norm = jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)), axis=(-2, -1), keepdims=True))
   x = (x.astype(jnp.float32) / (safety * norm + eps)).astype(dtype)
-  for k in range(table.shape[0]):
-    a, b, c = (table[k, i].astype(dtype) if isinstance(table, jax.Array)
-               else jnp.asarray(table[k, i], dtype) for i in range(3))
-    gram = x @ jnp.swapaxes(x, -1, -2)
-    x = a * x + (b * gram + c * (gram @ gram)) @ x
+  if uses_gram(x.shape, impl):
+    if gram_restart_every is None:
+      gram_restart_every = GRAM_RESTART_EVERY.get(jnp.dtype(dtype).name, 3)
+    x = _gram_iteration(x, table, dtype, gram_restart_every)
+  else:
+    x = _standard_iteration(x, table, dtype)
   if not wide:
     x = jnp.swapaxes(x, -1, -2)
   return x.astype(out_dtype)
@@ -267,19 +351,22 @@ class ScaleByMuonState(NamedTuple):
   momentum: optax.Updates
 
 
-def _check_muon_args(beta, nesterov, steps, coeffs, ns_dtype, scale, rms_target) -> None:
+def _check_muon_args(beta, nesterov, steps, coeffs, ns_dtype, scale, rms_target,
+                     ns_impl) -> None:
   _checks.check_range("beta", beta, 0.0, 1.0, high_open=True)
   _checks.check_bool("nesterov", nesterov)
   _checks.check_choice("scale", scale, SCALES)
   _checks.check_non_negative("rms_target", rms_target)
   _checks.check_dtype("ns_dtype", ns_dtype, allow_none=False, extra=NS_DTYPES)
+  _checks.check_choice("ns_impl", ns_impl, NS_IMPLS)
   resolve_coeffs(coeffs, steps)
 
 
 def scale_by_muon(beta: float = 0.95, *, nesterov: bool = True, steps: int | None = None,
                   coeffs: Union[str, Any] = "quintic", ns_dtype: Any = "bfloat16",
                   scale: str = "shape", rms_target: float = 0.2,
-                  dimension_numbers: Any = None) -> optax.GradientTransformation:
+                  dimension_numbers: Any = None, ns_impl: str = "auto"
+                  ) -> optax.GradientTransformation:
   r"""Muon's direction: orthogonalized momentum, rescaled per matrix.
 
   .. math::
@@ -301,6 +388,9 @@ def scale_by_muon(beta: float = 0.95, *, nesterov: bool = True, steps: int | Non
   :func:`muon` or ``optax.partition``. Matrices of equal shape are batched into one
   Newton-Schulz call. ``ns_dtype``: the iteration's dtype, ``"auto"`` for float32 on
   CPU and bfloat16 on GPU/TPU.
+  ``ns_impl``: ``"standard"`` (iterate on the matrix), ``"gram"`` (iterate on its
+  smaller Gram matrix, fewer FLOPs for wide matrices) or ``"auto"`` (Gram where
+  ``max(m, n) / min(m, n) >= GRAM_MIN_ASPECT``); see :func:`orthogonalize`.
 
   Differences from ``optax.contrib.scale_by_muon``: no bias correction (Jordan et al.'s
   form; orthogonalization is scale-invariant, so it only matters for the Nesterov
@@ -311,7 +401,7 @@ def scale_by_muon(beta: float = 0.95, *, nesterov: bool = True, steps: int | Non
     Liu et al., Muon is Scalable for LLM Training (Moonlight), 2025.
     Amsel et al., The Polar Express, 2025.
   """
-  _check_muon_args(beta, nesterov, steps, coeffs, ns_dtype, scale, rms_target)
+  _check_muon_args(beta, nesterov, steps, coeffs, ns_dtype, scale, rms_target, ns_impl)
 
   def leaf_dims(tree):
     pairs = _muon_dims.leaf_dims(dimension_numbers, tree)
@@ -338,8 +428,8 @@ def scale_by_muon(beta: float = 0.95, *, nesterov: bool = True, steps: int | Non
     leaves, treedef = jax.tree.flatten(direction)
     dims, names = leaf_dims(direction)
     ortho = _orthogonalize_leaves(leaves, dims, names, steps=resolve_steps(steps, coeffs),
-                                  coeffs=coeffs,
-                                  dtype=resolve_ns_dtype(ns_dtype))
+                                  coeffs=coeffs, dtype=resolve_ns_dtype(ns_dtype),
+                                  impl=ns_impl)
     scaled = [o * jnp.asarray(_shape_scale(*_muon_dims.fan_in_out(o.shape, d), scale,
                                            rms_target), o.dtype)
               for o, d in zip(ortho, dims)]
@@ -375,8 +465,9 @@ def _matrices_only(params):
 
 def muon(learning_rate: optax.ScalarOrSchedule, *, beta: float = 0.95, nesterov: bool = True,
          steps: int | None = None, coeffs: Union[str, Any] = "quintic",
-         ns_dtype: Any = "bfloat16", scale: str = "shape", rms_target: float = 0.2,
-         weight_decay: float = 0.0, muon_params: Union[None, Callable, Any] = None,
+         ns_dtype: Any = "bfloat16", ns_impl: str = "auto", scale: str = "shape",
+         rms_target: float = 0.2, weight_decay: float = 0.0,
+         muon_params: Union[None, Callable, Any] = None,
          dimension_numbers: Any = None,
          fallback: Union[str, optax.GradientTransformation] = "adamw",
          fallback_learning_rate: optax.ScalarOrSchedule | None = None
@@ -433,7 +524,8 @@ def muon(learning_rate: optax.ScalarOrSchedule, *, beta: float = 0.95, nesterov:
 
   hidden = optax.chain(
       scale_by_muon(beta, nesterov=nesterov, steps=steps, coeffs=coeffs, ns_dtype=ns_dtype,
-                    scale=scale, rms_target=rms_target, dimension_numbers=dimension_numbers),
+                    ns_impl=ns_impl, scale=scale, rms_target=rms_target,
+                    dimension_numbers=dimension_numbers),
       optax.add_decayed_weights(weight_decay),
       optax.scale_by_learning_rate(learning_rate),
   )

@@ -40,6 +40,7 @@ _KEYWORD_TYPES = {
     "fallback_learning_rate": cs.real(0, low_open=True, optional=True),
     **{k: cs.string(optional=True) for k in ("coeffs", "scale", "fallback", "mu_dtype",
                                              "ns_dtype")},
+    "ns_impl": cs.choice(*optim.NS_IMPLS, optional=True),
 }
 # Keyword defaults the trainer sets where the library's would not suit it.
 _KEYWORD_DEFAULTS = {
@@ -209,9 +210,23 @@ def rate_table(opt_config, total_steps: int, peak: float) -> np.ndarray:
   formula with a traced peak differs in the last bit at some steps, and a run's
   loss curve with it.)
   """
-  schedule = make_schedule(opt_config, total_steps, peak=peak)
-  steps = jnp.arange(total_steps + 1, dtype=jnp.int32)
-  return np.asarray(jax.jit(lambda s: jax.lax.map(schedule, s))(steps), np.float32)
+  key = (*(opt_config[k] for k in _SCHEDULE_FIELDS), total_steps, float(peak))
+  if key not in _RATE_TABLES:  # memoized: a seed sweep compiles it once
+    if len(_RATE_TABLES) >= 64:
+      _RATE_TABLES.pop(next(iter(_RATE_TABLES)))
+    schedule = make_schedule(opt_config, total_steps, peak=peak)
+    steps = jnp.arange(total_steps + 1, dtype=jnp.int32)
+    def schedule_table(steps):  # named for the compile log
+      return jax.lax.map(schedule, steps)
+    table = np.asarray(jax.jit(schedule_table)(steps), np.float32)
+    table.flags.writeable = False
+    _RATE_TABLES[key] = table
+  return _RATE_TABLES[key]
+
+
+_SCHEDULE_FIELDS = ("schedule", "warmup_steps", "decay_fraction", "decay_shape",
+                    "final_lr_fraction")
+_RATE_TABLES: dict[tuple, np.ndarray] = {}
 
 
 def injected_hyperparams(opt_config, total_steps: int) -> dict[str, Any]:

@@ -5,21 +5,24 @@ its input (the CLI validated it) and traces the train state once: one
 ``jax.eval_shape`` gives the abstract state, its shardings follow from the
 parameters' logical axes.
 
-The jitted train and eval steps are cached per *static* config: runs that
-differ only in runtime values (learning rates and weight decay, which
-live in the optimizer state; ``train.seed``, which only changes the initial
-state) get the very same jitted function, so JAX compiles their step once per
-process (``signflax.train.optimizer.runtime_hyperparams``).
+The jitted train and eval steps and the state initializer are cached per
+*static* config: runs that differ only in runtime values (learning rates and
+weight decay, which live in the optimizer state; ``train.seed``, which only
+changes the initial state) get the very same jitted functions, so JAX compiles
+them once per process (``signflax.train.optimizer.runtime_hyperparams``). The
+initializer takes the runtime values as arguments for the same reason.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
 
@@ -57,6 +60,7 @@ class Run:
   batch_sharding: NamedSharding
   train_step: Callable                          # jitted: (state, batch) -> (state, metrics)
   eval_step: Callable                           # jitted: (params, batch) -> mean loss
+  init_fn: Callable                             # jitted: (rng, hyperparams) -> state
 
   def init_state(self, seed: int | None = None, params: Any = None) -> step_lib.TrainState:
     """A fresh state from ``seed`` (default ``config.train.seed``), born sharded; with
@@ -66,9 +70,12 @@ class Run:
       with jax.set_mesh(self.mesh):
         return jax.jit(init, out_shardings=self.shardings)(params)
     seed = self.config.train.seed if seed is None else seed
-    init = lambda rng: step_lib.init_state(self.model_config, self.tx, rng)
+    wanted = getattr(self.abstract_state.opt_state, "hyperparams", None) or {}
+    values = (optimizer_lib.injected_hyperparams(self.config.optimizer, self.config.train.steps)
+              if wanted else {})
+    hyperparams = {k: np.asarray(values[k], v.dtype) for k, v in wanted.items()}
     with jax.set_mesh(self.mesh):
-      return jax.jit(init, out_shardings=self.shardings)(jax.random.key(seed))
+      return self.init_fn(jax.random.key(seed), hyperparams)
 
   def abstract_batch(self) -> dict[str, jax.ShapeDtypeStruct]:
     t = self.config.train
@@ -94,16 +101,25 @@ def _static_key(config, noise_stats: bool) -> str:
   return json.dumps(plain, sort_keys=True)
 
 
-_STEPS: dict[tuple[str, Mesh], tuple[Callable, Callable]] = {}
+_STEPS: dict[tuple[str, Mesh], tuple[Callable, Callable, Callable]] = {}
 
 
-def _jitted_steps(key: str, mesh: Mesh, build: Callable) -> tuple[Callable, Callable]:
-  """The jitted (train, eval) steps of a static config; ``build`` runs on a miss only."""
+def _jitted_steps(key: str, mesh: Mesh, build: Callable) -> tuple[Callable, Callable, Callable]:
+  """The jitted (train, eval, init) functions of a static config; ``build`` runs on a
+  miss only."""
   if (key, mesh) not in _STEPS:
     if len(_STEPS) >= 16:  # a long sweep over static values: keep memory bounded
       _STEPS.pop(next(iter(_STEPS)))
     _STEPS[key, mesh] = build()
   return _STEPS[key, mesh]
+
+
+def _init_with(model, tx, rng, hyperparams) -> step_lib.TrainState:
+  """The initial state with the injected hyperparameters given (not compiled in)."""
+  state = step_lib.init_state(model, tx, rng)
+  if not hyperparams:
+    return state
+  return state._replace(opt_state=state.opt_state._replace(hyperparams=hyperparams))
 
 
 def setup(config, *, vocab_size: int | None = None, noise_stats: bool | None = None) -> Run:
@@ -140,11 +156,12 @@ def setup(config, *, vocab_size: int | None = None, noise_stats: bool | None = N
       step = preemption.guard_nonfinite(step)
     return (step_lib.jit_train_step(step, mesh, shardings),
             step_lib.jit_eval_step(step_lib.make_eval_step(graphdef, t.loss_chunk_len),
-                                   mesh, shardings))
+                                   mesh, shardings),
+            jax.jit(functools.partial(_init_with, model, tx), out_shardings=shardings))
 
-  train_step, eval_step = _jitted_steps(_static_key(config, noise_stats), mesh, build)
+  train_step, eval_step, init_fn = _jitted_steps(_static_key(config, noise_stats), mesh, build)
   return Run(config=config, model_config=model, mesh=mesh, graphdef=graphdef, param_axes=param_axes,
              num_params=sum(x.size for x in jax.tree.leaves(param_shapes)), tx=tx,
              learning_rate_fn=learning_rate_fn, abstract_state=abstract, shardings=shardings,
              batch_sharding=parallel.batch_sharding(mesh), train_step=train_step,
-             eval_step=eval_step)
+             eval_step=eval_step, init_fn=init_fn)
