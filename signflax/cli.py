@@ -50,6 +50,9 @@ PLAIN_COMMANDS = {
               "run a grid of trainer runs (e.g. --config sweeps/demo_curves); --list, --point i"),
     "fit": ("signflax.experiments.fits",
             "fit a scaling law to a sweep: --sweep DIR --law collapse|predict|..."),
+    "compile": ("signflax.tpu.compile",
+                "compile the train step for a TPU topology on this host: HBM fit, estimated "
+                "step time (--topology v5e:4x4; --search)"),
 }
 
 

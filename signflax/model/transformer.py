@@ -193,12 +193,14 @@ def splash_attention(q, k, v, *, interpret: bool | None = None, block: int | Non
   q = q * jnp.asarray(d ** -0.5, q.dtype)
   q, k, v = (x.transpose(0, 2, 1, 3) for x in (q, k, v))  # [b, heads, t, d]
   mesh = jax.sharding.get_abstract_mesh()
-  free = () if mesh.empty else tuple(
-      a for a in mesh.axis_names if a not in mesh.manual_axes and mesh.shape[a] > 1)
-  batch_axes = tuple(a for a in ("data", "fsdp") if a in free)
+  # A Mosaic kernel cannot be partitioned by the compiler: run it manual over every
+  # mesh axis (axes already manual, e.g. inside a per-replica shard_map, stay so).
+  free = () if mesh.empty else tuple(a for a in mesh.axis_names if a not in mesh.manual_axes)
+  batch_axes = tuple(a for a in ("data", "fsdp") if a in free and mesh.shape[a] > 1)
   if batch_axes and b % math.prod(mesh.shape[a] for a in batch_axes):
     batch_axes = ()
-  head_axis = "tensor" if ("tensor" in free and h % mesh.shape["tensor"] == 0
+  head_axis = "tensor" if ("tensor" in free and mesh.shape["tensor"] > 1
+                           and h % mesh.shape["tensor"] == 0
                            and k.shape[1] % mesh.shape["tensor"] == 0) else None
 
   def local(q, k, v):
@@ -211,11 +213,10 @@ def splash_attention(q, k, v, *, interpret: bool | None = None, block: int | Non
                                     interpret=interpret)
     return jax.vmap(kernel)(q, k, v)
 
-  if batch_axes or head_axis:
+  if free:
     spec = jax.sharding.PartitionSpec(batch_axes or None, head_axis, None, None)
     local = jax.shard_map(local, in_specs=(spec, spec, spec), out_specs=spec,
-                          axis_names=frozenset(batch_axes + ((head_axis,) if head_axis else ())),
-                          check_vma=False)
+                          axis_names=frozenset(free), check_vma=False)
   return local(q, k, v).transpose(0, 2, 1, 3)
 
 
