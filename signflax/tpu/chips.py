@@ -26,6 +26,7 @@ compiler accepts it.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from typing import NamedTuple
@@ -77,6 +78,12 @@ def parse_topology(name: str) -> tuple[str, tuple[int, ...]]:
         f"--topology: {name!r} is not a TPU topology; use GENERATION:AxB[xC] with generation "
         f"one of {', '.join(CHIPS)}, e.g. v5e:2x2, v5e:16x16, v6e:16x16, v5p:2x2x2")
   return match.group(1), tuple(int(n) for n in match.group(2).split("x"))
+
+
+def num_chips(name: str, slices: int = 1) -> int:
+  """Chips in ``slices`` slices of topology ``name`` (one jax device per chip)."""
+  _, dims = parse_topology(name)
+  return math.prod(dims) * slices
 
 
 def libtpu_available() -> bool:

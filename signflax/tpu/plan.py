@@ -170,10 +170,9 @@ def compile_report(config, topology: str, *, slices: int = 1, with_eval: bool = 
   import jax
   from signflax.train import setup as setup_lib
 
-  chips_lib.parse_topology(topology)
+  shape = validate(config, chips_lib.num_chips(topology, slices), slices)
   devices = devices or chips_lib.topology_devices(topology, slices)
   chip = chips_lib.chip_of(devices)
-  shape = validate(config, len(devices), slices)
   cfg = model_config(config)
   mesh = build_mesh(shape, devices, slices)
   run = setup_lib.setup(config, vocab_size=cfg.vocab_size, noise_stats=False, mesh=mesh)
@@ -401,10 +400,10 @@ def search(config, topology: str, *, slices: int = 1, cache: Cache | None = None
   estimate wins.
   """
   cache = cache or Cache(None)
+  n = chips_lib.num_chips(topology, slices)
+  validate(config, n, slices)  # the config as given must be sane
   devices = chips_lib.topology_devices(topology, slices)
   chip = chips_lib.chip_of(devices)
-  n = len(devices)
-  validate(config, n, slices)  # the config as given must be sane
   cfg = model_config(config)
   t = config.train
   attention = "splash" if t.seq_len % 128 == 0 and cfg.attention_impl in ("auto", "splash") \
