@@ -31,6 +31,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import pathlib
 import re
 import time
@@ -316,9 +317,11 @@ class Cache:
     cached = key in self.entries
     if not cached:
       self.entries[key] = compile_report(config, topology, slices=slices, **kwargs)
-      if self.path:
+      if self.path:  # merge with what other processes wrote meanwhile
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
+        on_disk = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.entries = {**on_disk, **self.entries}
+        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(self.entries, indent=1, default=float))
         tmp.replace(self.path)
     return dict(self.entries[key], cached=cached)
@@ -377,7 +380,8 @@ def candidate_meshes(num_chips: int, cfg: model_lib.TransformerConfig, micro_bat
   return out
 
 
-def _with(config, **overrides):
+def with_overrides(config, **overrides):
+  """A copy of ``config`` with ``{dotted.field: value}`` set (no type checks)."""
   config = config.copy_and_resolve_references()
   for dotted, value in overrides.items():
     node, *path = config, *dotted.split(".")
@@ -429,7 +433,7 @@ def search(config, topology: str, *, slices: int = 1, cache: Cache | None = None
   for row in candidates[:max_compiles]:
     overrides = {f"mesh.{k}": v for k, v in row["mesh"].items()}
     log(f"compiling mesh {row['mesh']} remat {row['remat']}")
-    report = cache.report(_with(config, **overrides, **{"model.remat": row["remat"]}),
+    report = cache.report(with_overrides(config, **overrides, **{"model.remat": row["remat"]}),
                           topology, slices, devices=devices, with_eval=False)
     row.update(fits=report["fits"], hbm_per_chip_gib=report["hbm_per_chip_gib"],
                est_step_s=report["est_step_s"], est_mfu=report["est_mfu"],
@@ -448,7 +452,7 @@ def search(config, topology: str, *, slices: int = 1, cache: Cache | None = None
   result["overrides"] = ([f"--config.mesh.{k}={v}" for k, v in best["mesh"].items()]
                          + [f"--config.model.remat={best['remat']}"])
   result["largest_per_chip_batch"] = largest_batch(
-      _with(config, **{f"mesh.{k}": v for k, v in best["mesh"].items()},
+      with_overrides(config, **{f"mesh.{k}": v for k, v in best["mesh"].items()},
             **{"model.remat": best["remat"]}), topology, slices=slices, cache=cache,
       devices=devices, log=log)
   return result
@@ -470,7 +474,7 @@ def largest_batch(config, topology: str, *, slices: int = 1, cache: Cache | None
     global_batch = per_chip * n
     if global_batch % shards:
       return False
-    c = _with(config, **{"train.global_batch_size": global_batch, "train.grad_accum": 1})
+    c = with_overrides(config, **{"train.global_batch_size": global_batch, "train.grad_accum": 1})
     log(f"  per-chip batch {per_chip}")
     return cache.report(c, topology, slices, devices=devices, with_eval=False)["fits"]
 
