@@ -169,3 +169,17 @@ def test_candidate_meshes_divide_chips_heads_and_batch():
   for data, fsdp, tensor in meshes:
     assert data * fsdp * tensor == 16 and tensor in (1, 2) and 32 % (data * fsdp) == 0
   assert all(d % 2 == 0 for d, _, _ in plan.candidate_meshes(16, cfg, 32, slices=2))
+
+
+@pytest.mark.parametrize("limit,start", [(37, 4), (4, 4), (3, 4), (1, 16), (0, 2), (100, 1)])
+def test_bisection_finds_the_largest_batch_that_fits(limit, start):
+  calls = []
+  result = plan.bisect_largest(lambda b: calls.append(b) or b <= limit, start, max_doublings=8)
+  assert result["per_chip_batch"] == limit and not result["capped"]
+  assert len(calls) == len(set(calls)) <= 2 * max(1, limit // start).bit_length() + 6
+
+
+def test_bisection_stops_doubling_at_the_cap():
+  result = plan.bisect_largest(lambda b: True, 2, max_doublings=3)
+  assert result == dict(per_chip_batch=16, probes=[(2, True), (4, True), (8, True), (16, True)],
+                        capped=True)

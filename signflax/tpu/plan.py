@@ -461,39 +461,45 @@ def search(config, topology: str, *, slices: int = 1, cache: Cache | None = None
 def largest_batch(config, topology: str, *, slices: int = 1, cache: Cache | None = None,
                   devices=None, log: Callable[[str], None] = lambda _: None,
                   max_doublings: int = 6) -> dict[str, Any]:
-  """The largest per-chip batch (sequences per chip per microbatch, grad_accum 1) that
-  fits: doubling from the config's until one does not fit, then bisection; each
-  probe is one compile (~log2 of the range)."""
+  """The largest per-chip batch (sequences per chip, grad_accum 1) that fits with the
+  config's mesh and remat: one compile per probe (``bisect_largest``)."""
   cache = cache or Cache(None)
   devices = devices or chips_lib.topology_devices(topology, slices)
   n = len(devices)
-  data, fsdp, _ = parallel.resolve_mesh_shape(config.mesh, n)
-  shards = data * fsdp  # the global batch must split over data*fsdp
 
   def fits(per_chip: int) -> bool:
-    global_batch = per_chip * n
-    if global_batch % shards:
-      return False
-    c = with_overrides(config, **{"train.global_batch_size": global_batch, "train.grad_accum": 1})
+    c = with_overrides(config, **{"train.global_batch_size": per_chip * n,
+                                  "train.grad_accum": 1})
     log(f"  per-chip batch {per_chip}")
     return cache.report(c, topology, slices, devices=devices, with_eval=False)["fits"]
 
-  unit = 1  # data*fsdp divides the chips, so any per-chip batch splits
-  lo, probes = 0, []
-  hi = max(unit, config.train.global_batch_size // config.train.grad_accum // n)
-  for _ in range(max_doublings):
-    ok = fits(hi)
-    probes.append((hi, ok))
-    if not ok:
+  start = max(1, config.train.global_batch_size // config.train.grad_accum // n)
+  return bisect_largest(fits, start, max_doublings)
+
+
+def bisect_largest(fits: Callable[[int], bool], start: int, max_doublings: int = 6
+                   ) -> dict[str, Any]:
+  """The largest integer b >= 1 with ``fits(b)``, for a monotone ``fits``: doubling from
+  ``start`` until one does not fit, then bisection; ~2 log2(b / start) probes.
+
+  Returns ``per_chip_batch`` (0 if not even 1 fits), the ``probes`` in order, and
+  ``capped`` (doubling stopped after ``max_doublings`` fits: the answer is a lower bound).
+  """
+  probes: list[tuple[int, bool]] = []
+
+  def probe(b: int) -> bool:
+    ok = fits(b)
+    probes.append((b, ok))
+    return ok
+
+  lo, hi = 0, start
+  for _ in range(max_doublings + 1):
+    if not probe(hi):
       break
     lo, hi = hi, hi * 2
   else:
     return dict(per_chip_batch=lo, probes=probes, capped=True)
-  while hi - lo > unit:
-    mid = (lo + hi) // 2 // unit * unit
-    if mid in (lo, hi):
-      break
-    ok = fits(mid)
-    probes.append((mid, ok))
-    lo, hi = (mid, hi) if ok else (lo, mid)
+  while hi - lo > 1:
+    mid = (lo + hi) // 2
+    lo, hi = (mid, hi) if probe(mid) else (lo, mid)
   return dict(per_chip_batch=lo, probes=probes, capped=False)
