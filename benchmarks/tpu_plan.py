@@ -125,18 +125,63 @@ def calibrate(cache: plan.Cache) -> dict:
   return out
 
 
+COMM_TOPOLOGIES = (("v5e:16x16", 1), ("v5e:16x16", 2))
+
+
+def comm_table(cache: plan.Cache) -> list[dict]:
+  """Mean (float all-reduce) vs sign_vote (1-bit majority vote) over a data axis that
+  spans every chip, read from the compiled TPU program of the tiny config with signum
+  (a small model keeps the 256- and 512-chip compiles cheap; bytes scale with the
+  parameter count, so the table also gives bytes per parameter)."""
+  rows = []
+  for topology, slices in COMM_TOPOLOGIES:
+    n = chips_lib.num_chips(topology, slices)
+    for exchange in ("mean", "sign_vote"):
+      config = plan.with_overrides(
+          load_config_file("lm/tiny"),
+          **{"optimizer.name": "signum", "optimizer.learning_rate": 3e-4,
+             "train.gradient_exchange": exchange, "train.global_batch_size": n,
+             "mesh.data": -1, "mesh.fsdp": 1, "mesh.tensor": 1})
+      print(f"  comm {topology} x{slices} {exchange}", file=sys.stderr, flush=True)
+      r = cache.report(config, topology, slices, with_eval=False)
+      by_link = {"ici": 0.0, "dcn": 0.0}
+      seconds = {"ici": 0.0, "dcn": 0.0}
+      for c in r["collectives"]:
+        by_link[c["link"]] += c["bytes"]
+        seconds[c["link"]] += c["est_s"]
+      rows.append(dict(topology=topology, slices=slices, chips=n, exchange=exchange,
+                       num_params=r["num_params"], fits=r["fits"],
+                       bytes_ici=by_link["ici"], bytes_dcn=by_link["dcn"],
+                       bytes_per_param=(by_link["ici"] + by_link["dcn"]) / r["num_params"],
+                       est_ici_s=seconds["ici"], est_dcn_s=seconds["dcn"],
+                       collectives=r["collectives"], compile_s=r["compile_s"]))
+  return rows
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--configs", default=",".join(CONFIGS))
   p.add_argument("--topologies", default=",".join(TOPOLOGIES))
   p.add_argument("--max-compiles", type=int, default=3)
   p.add_argument("--calibrate", action="store_true")
+  p.add_argument("--comm", action="store_true", help="only the mean vs sign_vote table")
   p.add_argument("--out", default=str(ROOT / "benchmarks/results/tpu_plan.json"))
   p.add_argument("--cache", default=str(ROOT / "benchmarks/results/tpu_compile_cache.json"))
   args = p.parse_args(argv)
   cache = plan.Cache(args.cache)
   out = pathlib.Path(args.out)
   results = json.loads(out.read_text()) if out.exists() else {"cells": {}}
+  if args.comm:
+    results["comm"] = comm_table(cache)
+    out.write_text(json.dumps(results, indent=1, default=float))
+    print("| topology | chips | exchange | bytes/chip ICI | bytes/chip DCN | bytes/param | "
+          "est. ICI ms | est. DCN ms |\n|---|---|---|---|---|---|---|---|")
+    for r in results["comm"]:
+      print(f"| {r['topology']} x{r['slices']} | {r['chips']} | {r['exchange']} | "
+            f"{r['bytes_ici'] / 2**20:.2f} MiB | {r['bytes_dcn'] / 2**20:.2f} MiB | "
+            f"{r['bytes_per_param']:.2f} | {r['est_ici_s'] * 1e3:.2f} | "
+            f"{r['est_dcn_s'] * 1e3:.2f} |")
+    return 0
   for topology in args.topologies.split(","):
     for name in args.configs.split(","):
       key = f"{name}@{topology}"
