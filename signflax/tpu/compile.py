@@ -134,16 +134,15 @@ def main(argv) -> int:
     result = plan.search(config, args.topology, slices=args.slices, cache=cache,
                          max_compiles=args.max_compiles, log=log)
     print(json.dumps(result, default=float) if args.json else format_search(result))
-    return 0 if result["best"] is not None else _no_fit_search(result)
+    if result["best"] is None:
+      raise outcomes.DoesNotFit(
+          f"no candidate mesh or remat fits a global batch of {result['global_batch_size']} "
+          f"on {args.topology}; try a smaller train.global_batch_size, a larger "
+          f"train.grad_accum or train.loss_chunk_len")
+    return 0
   report = cache.report(config, args.topology, args.slices, with_eval=not args.no_eval)
   print(json.dumps(report, default=float) if args.json else format_report(report))
   if not report["fits"]:
     raise outcomes.DoesNotFit(plan.no_fit_message(report))
   return 0
 
-
-def _no_fit_search(result: dict) -> int:
-  raise outcomes.DoesNotFit(
-      f"no candidate mesh or remat fits a global batch of {result['global_batch_size']} on "
-      f"{result['topology']}; try a smaller train.global_batch_size, a larger "
-      f"train.grad_accum or train.loss_chunk_len")
