@@ -79,6 +79,8 @@ def test_a_step_that_does_not_fit_exits_3_naming_gib_and_knobs():
     (("--topology", "v5e:2x2", "--config.mesh.data=3"), "config.mesh"),
     (("--topology", "v5e:2x2", "--config.model.remat=most"), "config.model.remat"),
     (("--topology", "v5e:2x2", "--config.train.global_batch_size=6"), "not divisible"),
+    (("--topology", "v5e:2x2", "--config.model.attention_impl=splash",
+      "--config.train.seq_len=96"), "multiple of 128"),
     (("--topology", "v5e:2x2", "--slices", "2", "--config.mesh.data=1",
       "--config.mesh.fsdp=-1"), "--slices"),
 ])

@@ -94,6 +94,9 @@ def validate(config, num_chips: int, slices: int = 1) -> tuple[int, int, int]:
   if t.seq_len > cfg.max_seq_len:
     raise outcomes.BadInput(f"config.train.seq_len: {t.seq_len} is longer than the model's "
                             f"context config.model.max_seq_len={cfg.max_seq_len}")
+  if cfg.attention_impl == "splash" and t.seq_len % 128:
+    raise outcomes.BadInput(f"config.model.attention_impl: 'splash' needs config.train.seq_len "
+                            f"a multiple of 128, got {t.seq_len}")
   data, fsdp, _ = shape
   if data % slices:
     raise outcomes.BadInput(f"config.mesh.data: {data} must be a multiple of --slices={slices} "
