@@ -57,6 +57,9 @@ PLAIN_COMMANDS = {
             "fit a scaling law to a sweep: --sweep DIR --law collapse|predict|..."),
     "fault-sweep": ("signflax.experiments.fault_sweep",
                     "train with faulty replicas (mean vs sign_vote, data=8) and report"),
+    "compile": ("signflax.tpu.compile",
+                "compile the train step for a TPU topology on this host: HBM fit, estimated "
+                "step time (--topology v5e:4x4; --search)"),
 }
 
 

@@ -25,6 +25,7 @@ COMPONENTS = {
     "signflax.experiments.fault_sweep": "lm_experiments",
     "signflax.experiments.linreg": "lab",
     "signflax.experiments.compute_optimal": "lab",
+    "signflax.tpu.*": "tpu",
     "signflax.train.*": "train",
     "signflax.metric_writers": "metric_writers",
     "signflax.tensorboard_extras": "metric_writers",
@@ -46,12 +47,13 @@ COMPONENTS = {
 # bottom. Nothing may import "cli"; the lab never reaches "train", "data" or "model".
 # "optim" imports nothing of signflax: library users need only jax, numpy and optax.
 ALLOWED = {
-    "cli": {"configs", "lm_experiments", "lab", "train", "metric_writers", "data", "model",
-            "linreg", "parallel", "optim", "foundation"},
+    "cli": {"configs", "lm_experiments", "lab", "tpu", "train", "metric_writers", "data",
+            "model", "linreg", "parallel", "optim", "foundation"},
     "configs": {"lm_experiments", "lab", "train", "foundation"},
     "lm_experiments": {"train", "metric_writers", "data", "model", "parallel", "optim",
                        "foundation"},
     "lab": {"linreg", "metric_writers", "parallel", "optim", "foundation"},
+    "tpu": {"train", "data", "model", "parallel", "optim", "foundation"},
     "train": {"metric_writers", "data", "model", "parallel", "optim", "foundation"},
     "metric_writers": {"foundation"},
     "data": {"foundation"},

@@ -74,7 +74,7 @@ def test_config_errors_name_the_field():
   with pytest.raises(ValueError, match=r"^config\.model\.remat: 'some'"):
     model_lib.TransformerConfig(remat="some").check()
   with pytest.raises(ValueError, match=r"^config\.model\.attention_impl: None is not one of "
-                     r"auto, xla, cudnn$"):
+                     r"auto, xla, cudnn, splash$"):
     model_lib.TransformerConfig(attention_impl=None).check()
 
 

@@ -13,6 +13,8 @@ from signflax.model.transformer import (
     cudnn_attention_supported,
     flops_per_token,
     init_params,
+    splash_attention,
+    target_platform,
 )
 
 __all__ = [
@@ -28,4 +30,6 @@ __all__ = [
     "cudnn_attention_supported",
     "flops_per_token",
     "init_params",
+    "splash_attention",
+    "target_platform",
 ]

@@ -14,6 +14,7 @@ path-routed optimizers such as Muon can tell matrices from embeddings.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable
 
 import jax
@@ -29,7 +30,7 @@ REMAT_POLICIES = {
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
 }
-ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -48,7 +49,8 @@ class TransformerConfig:
   norm_eps: float = 1e-6
   tie_embeddings: bool = True
   dtype: str = "float32"            # compute dtype; params stay float32
-  attention_impl: str = "auto"      # "auto" (cudnn where supported, else xla), "xla", "cudnn"
+  attention_impl: str = "auto"      # "auto" (splash on TPU, cudnn where supported, else xla),
+                                    # "xla", "cudnn", "splash"
   remat: str = "none"               # a key of REMAT_POLICIES
   init_std: float = 0.02
 
@@ -154,17 +156,96 @@ def cudnn_attention_supported(dtype, head_dim: int) -> bool:
   return float(capability) >= 8.0 and head_dim % 8 == 0 and head_dim <= 128
 
 
-def attention_implementation(cfg: "TransformerConfig") -> str:
-  """``cfg.attention_impl`` resolved: "auto" is "cudnn" where supported, else "xla".
+def target_platform() -> str:
+  """The platform the code being traced will run on: the context mesh's, else the default.
+
+  Under ``jax.set_mesh`` with compile-only TPU devices (``signflax compile``) this
+  is "tpu" on a CPU host.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  device = None if mesh.empty else getattr(mesh, "abstract_device", None)
+  return device.platform if device is not None else jax.default_backend()
+
+
+def attention_implementation(cfg: "TransformerConfig", length: int | None = None) -> str:
+  """``cfg.attention_impl`` resolved: "auto" is "splash" on TPU, "cudnn" where
+  supported, else "xla".
 
   ``jax.nn.dot_product_attention(implementation=None)`` means XLA's attention,
   which writes the [batch, heads, length, length] scores and probabilities to
-  memory in the forward pass and again in the backward; cuDNN's fused kernel
-  keeps them on chip (FlashAttention), so "auto" asks for it whenever it can run.
+  memory in the forward pass and again in the backward; the fused kernels (cuDNN
+  on GPU, Pallas splash attention on TPU) keep them on chip (FlashAttention), so
+  "auto" asks for one whenever it can run (splash: a sequence ``length`` that is a
+  multiple of 128, the kernel's smallest tile).
   """
   if cfg.attention_impl != "auto":
     return cfg.attention_impl
+  if target_platform() == "tpu" and (length is None or length % 128 == 0):
+    return "splash"
   return "cudnn" if cudnn_attention_supported(cfg.compute_dtype, cfg.qk_dim) else "xla"
+
+
+def _splash_block(length: int) -> int:
+  """The kernel's tile along the sequence: 512, 256 or 128, whichever divides it."""
+  block = next((block for block in (512, 256, 128) if length % block == 0), None)
+  if block is None:
+    raise ValueError(f"config.model.attention_impl: 'splash' needs a sequence length that is "
+                     f"a multiple of 128, got {length}")
+  return block
+
+
+def splash_attention(q, k, v, *, interpret: bool | None = None, block: int | None = None):
+  """Causal attention by the Pallas splash-attention kernel (TPU FlashAttention).
+
+  ``q [b, t, h, d]``, ``k, v [b, t, h_kv, d]`` -> ``[b, t, h, d]``:
+  softmax(q k^T / sqrt(d) + causal mask) v, computed block by block without
+  writing the [t, t] scores to memory; fully masked blocks are skipped.
+  ``interpret`` (None = unless the target is a TPU) runs the kernel in the Pallas
+  interpreter, so it can be tested on CPU. Under a mesh the kernel runs per
+  shard (``shard_map``): examples over the batch axes, heads over ``tensor``
+  where it divides both head counts. ``block``: the tile along the sequence, a
+  multiple of 128 (None = 512, 256 or 128, whichever divides the length first).
+  """
+  from jax.experimental.pallas.ops.tpu import splash_attention as splash  # only when used
+
+  if interpret is None:
+    interpret = target_platform() != "tpu"
+  b, t, h, d = q.shape
+  q = q * jnp.asarray(d ** -0.5, q.dtype)
+  q, k, v = (x.transpose(0, 2, 1, 3) for x in (q, k, v))  # [b, heads, t, d]
+  mesh = jax.sharding.get_abstract_mesh()
+  # A Mosaic kernel cannot be partitioned by the compiler: run it manual over every
+  # mesh axis (axes already manual, e.g. inside a per-replica shard_map, stay so).
+  free = () if mesh.empty else tuple(a for a in mesh.axis_names if a not in mesh.manual_axes)
+  batch_axes = tuple(a for a in ("data", "fsdp") if a in free and mesh.shape[a] > 1)
+  if batch_axes and b % math.prod(mesh.shape[a] for a in batch_axes):
+    batch_axes = ()
+  head_axis = "tensor" if ("tensor" in free and mesh.shape["tensor"] > 1
+                           and h % mesh.shape["tensor"] == 0
+                           and k.shape[1] % mesh.shape["tensor"] == 0) else None
+
+  def local(q, k, v):
+    tile = block or _splash_block(t)
+    sizes = splash.BlockSizes(block_q=tile, block_kv=tile, block_kv_compute=tile,
+                              block_q_dkv=tile, block_kv_dkv=tile, block_kv_dkv_compute=tile,
+                              block_q_dq=tile, block_kv_dq=tile)
+    mask = splash.MultiHeadMask([splash.CausalMask((t, t))] * q.shape[1])
+    kernel = splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1,
+                                    interpret=interpret)
+    return jax.vmap(kernel)(q, k, v)
+
+  if free:
+    spec = jax.sharding.PartitionSpec(batch_axes or None, head_axis, None, None)
+    local = jax.shard_map(local, in_specs=(spec, spec, spec), out_specs=spec,
+                          axis_names=frozenset(free), check_vma=False)
+  return local(q, k, v).transpose(0, 2, 1, 3)
+
+
+def attention(q, k, v, implementation: str):
+  """Causal attention ``[b, t, h, d]`` by ``implementation`` ("xla", "cudnn", "splash")."""
+  if implementation == "splash":
+    return splash_attention(q, k, v)
+  return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation)
 
 
 def rotary_embedding(x, positions, theta: float):
@@ -202,8 +283,7 @@ class Attention(nnx.Module):
     v = (x @ self.v[...].astype(dtype)).reshape(b, t, cfg.kv_heads, cfg.qk_dim)
     q = constrain(rotary_embedding(q, positions, cfg.rope_theta), ("batch", "length", "act_heads", None))
     k = rotary_embedding(k, positions, cfg.rope_theta)
-    out = jax.nn.dot_product_attention(q, k, v, is_causal=True,
-                                       implementation=attention_implementation(cfg))
+    out = attention(q, k, v, attention_implementation(cfg, t))
     return out.reshape(b, t, -1) @ self.o[...].astype(dtype)
 
 

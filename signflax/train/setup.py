@@ -122,16 +122,19 @@ def _init_with(model, tx, rng, hyperparams) -> step_lib.TrainState:
   return state._replace(opt_state=state.opt_state._replace(hyperparams=hyperparams))
 
 
-def setup(config, *, vocab_size: int | None = None, noise_stats: bool | None = None) -> Run:
+def setup(config, *, vocab_size: int | None = None, noise_stats: bool | None = None,
+          mesh: Mesh | None = None) -> Run:
   """Mesh, model, optimizer, abstract state and shardings, jitted steps of ``config``.
 
   ``vocab_size``: the tokenizer's (None = build it from ``config.data``).
   ``noise_stats``: overrides ``config.train.noise_stats`` (benchmarks turn it off).
+  ``mesh``: a mesh built elsewhere (None = ``config.mesh`` over all of this job's
+  devices), e.g. over the compile-only devices of a TPU topology (``signflax.tpu``).
   """
   t = config.train
   noise_stats = t.noise_stats if noise_stats is None else noise_stats
   model = transformer_config(config, vocab_size)
-  mesh = parallel.make_mesh(config.mesh)
+  mesh = parallel.make_mesh(config.mesh) if mesh is None else mesh
   graphdef, param_shapes, param_axes = model_lib.abstract_model(model)
   if t.gradient_exchange == "sign_vote":
     tx, learning_rate_fn = step_lib.make_sign_vote_optimizer(config.optimizer, t.steps,

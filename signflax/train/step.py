@@ -139,7 +139,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation,
     learning_rate = learning_rate_fn(state.opt_state)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    num_params = sum(x.size for x in jax.tree.leaves(params))
+    num_params = float(sum(x.size for x in jax.tree.leaves(params)))  # > 2**31 for 8B models
     metrics.update(
         learning_rate=learning_rate,
         update_rms=jnp.sqrt(_tree_sum(jnp.square, updates) / num_params),
