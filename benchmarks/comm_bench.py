@@ -49,22 +49,6 @@ _INSTR = re.compile(r"^\s*(?:ROOT )?%\S+ = (\(.*?\)|\S+) (" + "|".join(COLLECTIV
 _ARRAY = re.compile(r"\b(pred|[suf]\d+|bf16)\[([\d,]*)\]")
 
 
-def _groups(attrs: str, num_devices: int) -> list[list[int]]:
-  """The replica groups of a collective (explicit lists, iota form, or permute pairs)."""
-  if m := re.search(r"replica_groups=\[([\d,]+)\]<=\[([\d,]+)\](?:T\(([\d,]+)\))?", attrs):
-    shape = [int(x) for x in m.group(1).split(",")]
-    dims = [int(x) for x in m.group(2).split(",")]
-    ids = np.arange(math.prod(dims)).reshape(dims)
-    if m.group(3):
-      ids = ids.transpose([int(x) for x in m.group(3).split(",")])
-    return ids.reshape(shape).tolist()
-  if m := re.search(r"(?:replica_groups|source_target_pairs)=\{(\{[\d,{}]*\})\}", attrs):
-    groups = [[int(x) for x in g.split(",") if x] for g in re.findall(r"\{([\d,]*)\}",
-                                                                       m.group(1))]
-    return [g for g in groups if g] or [list(range(num_devices))]
-  return [list(range(num_devices))]
-
-
 def _multipliers(hlo: str) -> dict[str, int]:
   """How many times each computation runs per call of the entry (while trip counts)."""
   comps, current, entry = defaultdict(list), None, None
@@ -92,6 +76,7 @@ def _multipliers(hlo: str) -> dict[str, int]:
 
 def collectives(hlo: str, mesh) -> list[dict]:
   """Every collective in compiled ``hlo``: kind, dtype, elements, sent bytes, mesh axes, runs."""
+  from signflax.tpu import hlo as hlo_lib  # noqa: PLC0415 - after main() put the repo on sys.path
   coords = np.stack(np.unravel_index(np.arange(mesh.devices.size), mesh.devices.shape), -1)
   mult, current, out = _multipliers(hlo), None, []
   for line in hlo.splitlines():
@@ -106,7 +91,7 @@ def collectives(hlo: str, mesh) -> list[dict]:
               for d, dims in _ARRAY.findall(shape)]
     if m.group(0).find(f"{kind}-start(") >= 0 and len(arrays) > 1:
       arrays = arrays[len(arrays) // 2:]   # async start: (operands, results)
-    groups = _groups(rest, mesh.devices.size)
+    groups = hlo_lib.replica_groups(rest, mesh.devices.size)
     g = len(groups[0])
     spans = {axis for grp in groups for axis, name in enumerate(mesh.axis_names)
              if len(set(coords[grp, axis])) > 1}

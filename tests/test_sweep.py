@@ -338,7 +338,7 @@ def test_state_init_is_one_program_per_static_config_and_unchanged(tmp_path):
   assert first.init_fn is second.init_fn
   state = second.init_state()
   with jax.set_mesh(second.mesh):
-    reference = jax.jit(lambda rng: step_lib.init_state(second.model, second.tx, rng))(
+    reference = jax.jit(lambda rng: step_lib.init_state(second.model_config, second.tx, rng))(
         jax.random.key(7))
   assert jax.tree.structure(state) == jax.tree.structure(reference)
   jax.tree.map(np.testing.assert_array_equal, state, reference)

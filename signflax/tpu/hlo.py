@@ -71,24 +71,29 @@ def loop_trip_counts(hlo: str) -> list[int]:
           if " while(" in line]
 
 
-def _groups(attrs: str, mesh_shape: tuple[int, ...], axis_names: tuple[str, ...]):
-  """(a list of device-id groups, or None) and (the mesh axes named, or None)."""
-  num = math.prod(mesh_shape)
-  if m := _MESH_GROUPS.search(attrs):  # replica_groups=mesh['axis_0'=4,...] {'axis_0',...}
-    names = re.findall(r"'axis_(\d+)'", m.group(2))
-    return None, tuple(axis_names[int(i)] for i in names if mesh_shape[int(i)] > 1)
+def replica_groups(attrs: str, num_devices: int) -> list[list[int]]:
+  """A collective's device groups from its HLO attributes: explicit lists, the iota form
+  ``[g,n]<=[dims]T(perm)``, or permute pairs; all devices when none are written."""
   if m := re.search(r"replica_groups=\[([\d,]+)\]<=\[([\d,]+)\](?:T\(([\d,]+)\))?", attrs):
     shape = [int(x) for x in m.group(1).split(",")]
     dims = [int(x) for x in m.group(2).split(",")]
     ids = np.arange(math.prod(dims)).reshape(dims)
     if m.group(3):
       ids = ids.transpose([int(x) for x in m.group(3).split(",")])
-    return ids.reshape(shape).tolist(), None
+    return ids.reshape(shape).tolist()
   if m := re.search(r"(?:replica_groups|source_target_pairs)=\{(\{[\d,{}]*\})\}", attrs):
     groups = [[int(x) for x in g.split(",") if x]
               for g in re.findall(r"\{([\d,]*)\}", m.group(1))]
-    return [g for g in groups if g] or [list(range(num))], None
-  return [list(range(num))], None
+    return [g for g in groups if g] or [list(range(num_devices))]
+  return [list(range(num_devices))]
+
+
+def _groups(attrs: str, mesh_shape: tuple[int, ...], axis_names: tuple[str, ...]):
+  """(a list of device-id groups, or None) and (the mesh axes named, or None)."""
+  if m := _MESH_GROUPS.search(attrs):  # replica_groups=mesh['axis_0'=4,...] {'axis_0',...}
+    names = re.findall(r"'axis_(\d+)'", m.group(2))
+    return None, tuple(axis_names[int(i)] for i in names if mesh_shape[int(i)] > 1)
+  return replica_groups(attrs, math.prod(mesh_shape)), None
 
 
 def collectives(hlo: str, mesh_shape: tuple[int, ...], axis_names: tuple[str, ...]

@@ -182,7 +182,7 @@ def compile_report(config, topology: str, *, slices: int = 1, with_eval: bool = 
   run = setup_lib.setup(config, vocab_size=cfg.vocab_size, noise_stats=False, mesh=mesh)
   t = config.train
   with jax.set_mesh(mesh):
-    attention = model_lib.attention_implementation(run.model, t.seq_len)
+    attention = model_lib.attention_implementation(run.model_config, t.seq_len)
     train, train_s, oom = _compile(run.train_step, run.abstract_state, run.abstract_batch())
     evaluation = None
     if train is not None and with_eval:
