@@ -130,6 +130,16 @@ def test_sample_greedy_is_the_recomputed_greedy_path(trained_run, capsys):
   assert capsys.readouterr()[0] == out
 
 
+def test_a_relative_workdir_samples_as_an_absolute_one(trained_run, capsys,
+                                                         monkeypatch):
+  args = ["--prompt", "def ", "--temperature", "0", "--max-new-tokens", "8"]
+  assert cli.main(["sample", "--workdir", str(trained_run)] + args) == 0
+  absolute = capsys.readouterr()[0]
+  monkeypatch.chdir(trained_run.parent)
+  assert cli.main(["sample", "--workdir", trained_run.name] + args) == 0
+  assert capsys.readouterr()[0] == absolute
+
+
 def test_sample_seeds_and_samples(trained_run, capsys):
   base = ["sample", "--workdir", str(trained_run), "--prompt", "x", "--max-new-tokens", "30",
           "--temperature", "1.0", "--top-k", "50", "--top-p", "0.95"]

@@ -30,7 +30,7 @@ def _state_dir(workdir_or_step_dir: str | pathlib.Path, step: int | None
                            or step < 0):
     raise ValueError(f"step: must be an integer >= 0 or None, got {step!r}")
   path = (storage.path(workdir_or_step_dir) if storage.is_remote(workdir_or_step_dir)
-          else storage.path(pathlib.Path(workdir_or_step_dir).expanduser()))
+          else storage.path(pathlib.Path(workdir_or_step_dir).expanduser().absolute()))  # Orbax: absolute
   if not path.is_dir():
     raise ValueError(f"workdir_or_step_dir: {str(path)!r} is not a directory")
   if path.name == STATE and (path / "_METADATA").is_file():  # the state item itself
