@@ -144,3 +144,29 @@ def test_every_optimizer_dispatch_runs_each_optimizer_exactly():
     alone = linreg.simulate(problem, OPTIMIZERS[name], lrs[i:i + 1], [3], 6, num_seeds=2,
                             noise_model="minibatch", record_steps=[6])
     np.testing.assert_array_equal(alone.risk[:, :, 0], mixed.risk[:, :, i], err_msg=name)
+
+
+@pytest.mark.parametrize("shape", [(), (1,), (7,), (3, 5), (2, 3, 129), (4097,)])
+def test_fast_normal_is_jax_random_normal_bit_for_bit(shape):
+  """``kernels.normal`` (unrolled Threefry) draws ``jax.random.normal``'s numbers: raw and
+  typed keys, under jit and vmap."""
+  for key in (jax.random.PRNGKey(0), jax.random.PRNGKey(2**31 + 5), jax.random.key(42),
+              jax.random.fold_in(jax.random.key(7), 3)):
+    np.testing.assert_array_equal(kernels.normal(key, shape), jax.random.normal(key, shape))
+    keys = jax.random.split(key, 3)
+    fast = jax.jit(jax.vmap(lambda k: kernels.normal(k, shape)))(keys)
+    np.testing.assert_array_equal(fast, jax.vmap(lambda k: jax.random.normal(k, shape))(keys))
+
+
+def test_fast_normal_falls_back_where_it_does_not_apply():
+  """Other dtypes, key implementations and the non-partitionable Threefry are drawn by
+  ``jax.random.normal`` itself."""
+  key = jax.random.PRNGKey(3)
+  for dtype in (jnp.bfloat16, jnp.float16):
+    np.testing.assert_array_equal(kernels.normal(key, (5, 3), dtype),
+                                  jax.random.normal(key, (5, 3), dtype))
+  rbg = jax.random.key(3, impl="rbg")
+  np.testing.assert_array_equal(kernels.normal(rbg, (9,)), jax.random.normal(rbg, (9,)))
+  with jax.threefry_partitionable(False):
+    np.testing.assert_array_equal(kernels.normal(key, (4, 6)), jax.random.normal(key, (4, 6)))
+

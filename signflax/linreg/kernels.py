@@ -19,8 +19,11 @@ reduce on the lab's shapes, often faster).
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 LANES = 64          # contiguous elements summed last, pairwise
 _MAX_CHUNKS = 128   # beyond, lanes double, so the unrolled tree stays small
@@ -119,3 +122,59 @@ def ordered_matvec(x: jnp.ndarray, matrix: jnp.ndarray) -> jnp.ndarray:
   """``x @ matrix`` for ``x`` ``(..., k)`` and ``matrix`` ``(..., k, n)`` (leading axes
   broadcast), each output summed over k in ``ordered_sum``'s order."""
   return ordered_dot(x[..., :, None], matrix, -2)
+
+
+# Threefry-2x32 (Salmon et al. 2011, 20 rounds), as ``jax.random`` defines it.
+_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+_PARITY = np.uint32(0x1BD11BDA)
+
+
+def _threefry2x32(k0, k1, x0, x1):
+  """The Threefry-2x32 block cipher of counters ``(x0, x1)`` under key ``(k0, k1)``,
+  unrolled: five groups of four rounds, each group followed by a key injection."""
+  keys = (k0, k1, k0 ^ k1 ^ _PARITY)
+  x0, x1 = x0 + keys[0], x1 + keys[1]
+  for group in range(5):
+    for rotation in _ROTATIONS[group % 2]:
+      x0 = x0 + x1
+      x1 = ((x1 << np.uint32(rotation)) | (x1 >> np.uint32(32 - rotation))) ^ x0
+    x0 = x0 + keys[(group + 1) % 3]
+    x1 = x1 + keys[(group + 2) % 3] + np.uint32(group + 1)
+  return x0, x1
+
+
+def _fast_normal_applies(key, shape, dtype) -> bool:
+  if jnp.dtype(dtype) != jnp.float32 or math.prod(shape) >= 2**32:
+    return False
+  if not jax.config.jax_threefry_partitionable:
+    return False
+  if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+    return str(jax.random.key_impl(key)) == "threefry2x32"
+  return key.shape == (2,) and jax.config.jax_default_prng_impl == "threefry2x32"
+
+
+def normal(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+  r"""``jax.random.normal(key, shape, dtype)``, bit for bit, several times faster on CPU.
+
+  ``jax.random`` draws a float32 normal as :math:`\sqrt2\,\mathrm{erf}^{-1}(u)`, ``u``
+  uniform in :math:`(-1, 1)` from the 32 bits :math:`b_0 \oplus b_1` of
+  :math:`(b_0, b_1) = \mathrm{threefry}_{2\times32}(\text{key}, (0, i))` at flat index
+  ``i``. On CPU it lowers threefry's 20 rounds as a five-trip loop with the rotations as
+  data, a pass over memory per trip. Here the rounds are unrolled into one fused loop
+  with constant rotations, and the bits are materialized once before the float transform
+  (fused with ``erf_inv`` the loop vectorizes worse). Other key implementations, dtypes,
+  and ``jax_threefry_partitionable=False`` fall back to ``jax.random.normal``.
+  """
+  if not _fast_normal_applies(key, shape, dtype):
+    return jax.random.normal(key, shape, dtype)
+  k0, k1 = (jax.random.key_data(key)
+            if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key)
+  index = jax.lax.iota(np.uint32, math.prod(shape)).reshape(shape)
+  b0, b1 = _threefry2x32(k0, k1, jnp.zeros_like(index), index)
+  bits = jax.lax.optimization_barrier(b0 ^ b1)
+  one = np.array(1.0, np.float32)
+  uniform = jax.lax.bitcast_convert_type((bits >> np.uint32(9)) | one.view(np.uint32),
+                                         jnp.float32) - one                    # [0, 1)
+  low = np.nextafter(np.float32(-1), np.float32(0))
+  uniform = jax.lax.max(low, uniform * (one - low) + low)                     # (-1, 1)
+  return np.float32(np.sqrt(2)) * jax.lax.erf_inv(uniform)

@@ -90,10 +90,10 @@ def _draw_noise(seed_keys, chunk, chunk_size: int, dim: int, noise_model: str,
   def draw(key):
     key = jax.random.fold_in(key, chunk)
     if noise_model == "hessian_aligned":
-      return jax.random.normal(key, (chunk_size, dim), dtype)
+      return kernels.normal(key, (chunk_size, dim), dtype)
     features, labels = jax.random.split(key)
-    return (jax.random.normal(features, (chunk_size, minibatch_size, dim), dtype),
-            jax.random.normal(labels, (chunk_size, minibatch_size), dtype))
+    return (kernels.normal(features, (chunk_size, minibatch_size, dim), dtype),
+            kernels.normal(labels, (chunk_size, minibatch_size), dtype))
   # Materialize the shared noise once: fused into its consumer, XLA would redraw it
   # for every config.
   return jax.lax.optimization_barrier(jax.vmap(draw)(seed_keys))
