@@ -170,3 +170,42 @@ def test_fast_normal_falls_back_where_it_does_not_apply():
   with jax.threefry_partitionable(False):
     np.testing.assert_array_equal(kernels.normal(key, (4, 6)), jax.random.normal(key, (4, 6)))
 
+
+@pytest.mark.parametrize("num_features,batch_size", [(3, 1), (40, 3), (512, 1), (512, 16),
+                                                     (5000, 64), (300000, 1)])
+def test_plrf_chunk_size(num_features, batch_size):
+  """A power of two <= 64 whose chunk holds <= 2^18 numbers per row (or a single step)."""
+  size = plrf.chunk_size(num_features, batch_size)
+  assert size in (1, 2, 4, 8, 16, 32, 64)
+  assert size == 1 or size * batch_size * (num_features + 1) <= 2**18
+  assert size == 64 or 2 * size * batch_size * (num_features + 1) > 2**18
+
+
+@pytest.mark.slow
+def test_plrf_trajectory_is_independent_of_chunks_and_record_steps():
+  """Runs crossing sample chunks (U = 64 here): the risk at step 150 is the same bit for
+  bit whether the run stops to record at 7, 64, 65 and 128 or not, on 8 devices or one."""
+  problem = plrf.plrf_problem(40, 24, 1.0, 0.7, noise_std=0.1)
+  assert plrf.chunk_size(40, 3) == 64
+  lrs = _learning_rates(np.random.default_rng(5), 6)
+  run = functools.partial(plrf.simulate_plrf, problem, _every_optimizer, lrs, 3, 150,
+                          num_seeds=8, schedules="wsd")
+  stops = run(record_steps=[7, 64, 65, 128, 150])
+  straight = run(record_steps=[150])
+  one = run(record_steps=[65, 150], devices=jax.devices()[:1])
+  np.testing.assert_array_equal(stops.risk[..., -1], straight.risk[..., -1])
+  np.testing.assert_array_equal(one.risk, stops.risk[..., [2, 4]])
+  assert np.all(np.isfinite(stops.risk)) and np.ptp(stops.risk[..., -1]) > 0
+
+
+def test_plrf_chunks_hold_each_steps_own_samples(monkeypatch):
+  """Drawing U steps' samples at once changes no sample: a run drawn one step at a time
+  agrees to float32 rounding (the embedding's product has another blocking)."""
+  problem = plrf.plrf_problem(30, 12, 1.0, 0.7, noise_std=0.1)
+  run = lambda: plrf.simulate_plrf(problem, lambda lr: optax.sgd(lr), [0.02, 0.05], 2, 100,
+                                   num_seeds=2, record_steps=[37, 100]).risk
+  chunked = run()
+  monkeypatch.setattr(plrf, "chunk_size", lambda num_features, batch_size: 1)
+  stepwise = run()
+  np.testing.assert_allclose(chunked, stepwise, rtol=1e-5)
+  assert np.ptp(chunked) > 0

@@ -284,11 +284,36 @@ def scheduled_learning_rate(schedule: str, learning_rate, horizon, *,
   return lambda step: learning_rate * unit(step, jnp.asarray(horizon, jnp.float32), code)
 
 
+def chunk_size(num_features: int, batch_size: int) -> int:
+  """Steps whose samples are drawn and embedded together: a power of two <= 64 with at
+  most 2^18 numbers per row. It depends only on (v, B), so each row's embedding is a
+  matrix product of one fixed shape ``(U B, v) x (v, d + 1)``."""
+  per_step = batch_size * (num_features + 1)
+  return int(2 ** np.clip(np.floor(np.log2(max(2**18 // per_step, 1))), 0, 6))
+
+
 def _draw(key, step, batch_size: int, num_features: int, dtype):
   """Standard normals for step ``step`` of one seed: features ``(B, v)``, label noise ``(B,)``."""
   features, labels = jax.random.split(jax.random.fold_in(key, step))
-  return (jax.random.normal(features, (batch_size, num_features), dtype),
-          jax.random.normal(labels, (batch_size,), dtype))
+  return (kernels.normal(features, (batch_size, num_features), dtype),
+          kernels.normal(labels, (batch_size,), dtype))
+
+
+def _embed_chunk(seed_keys, chunk, feature_std, embedding_and_target, noise_std, *,
+                 steps_per_chunk: int, batch_size: int):
+  r"""Features ``(S, U, B, d)`` and labels ``(S, U, B)`` of steps ``[cU, (c + 1)U)``.
+
+  Step k's samples are drawn from ``fold_in(seed_key, k)`` (as if one step at a time);
+  the embedding :math:`x \mapsto (W^T x, \langle x, b\rangle)` of the chunk's U B
+  samples is one batched matrix product per row."""
+  num_seeds, v = seed_keys.shape[0], feature_std.shape[0]
+  steps = chunk * steps_per_chunk + jnp.arange(steps_per_chunk)
+  draw = lambda key, k: _draw(key, k, batch_size, v, feature_std.dtype)
+  z, eps = jax.vmap(lambda key: jax.vmap(lambda k: draw(key, k))(steps))(seed_keys)
+  x = (z * feature_std).reshape(num_seeds, steps_per_chunk * batch_size, v)
+  out = jnp.einsum("smv,svn->smn", x, embedding_and_target)
+  out = out.reshape(num_seeds, steps_per_chunk, batch_size, -1)
+  return out[..., :-1], out[..., -1] + noise_std * eps
 
 
 @functools.partial(jax.jit, static_argnames=("optimizer_fn", "batch_size", "decay_fraction",
@@ -302,15 +327,20 @@ def _run_plrf(feature_std, target, embedding, noise_std, seed_keys, embedding_in
   num_seeds, num_configs = seed_keys.shape[0], learning_rates.shape[0]
   _, v, d = embedding.shape
   dtype = embedding.dtype
-  # One W: shared by every row (it stays in cache). A stack: each row's own W (S, v, d),
-  # sharded with the rows. The sums' order is the same either way.
-  if embedding.shape[0] == 1:
-    w, w_rows = embedding[0], embedding[0]
-  else:
-    w = jax.lax.with_sharding_constraint(embedding[embedding_index], sharding)
-    w_rows = w[:, None]
+  steps_per_chunk = chunk_size(v, batch_size)
+  # Each row's own [W | b] (S, v, d + 1), sharded with the rows and hidden from the
+  # optimizer behind a barrier: the embedding stays a batched product of one shape per
+  # row, which XLA:CPU computes the same whatever the rows beside it (property-tested;
+  # a broadcast W would be folded into one product whose order follows S).
+  rows = embedding[embedding_index]
+  rows = jnp.concatenate([rows, jnp.broadcast_to(target[:, None], (num_seeds, v, 1))], -1)
+  rows = jax.lax.optimization_barrier(jax.lax.with_sharding_constraint(rows, sharding))
+  w = embedding[0] if embedding.shape[0] == 1 else rows[..., :-1]
   unit = _unit_schedule(decay_fraction, warmup_fraction)
-  opt = lambda lr, h, code: optimizer_fn(lambda k: lr * unit(k, h, code))
+  # The barrier keeps each run's rate a scalar: fused into the update, it would be
+  # recomputed for every coordinate.
+  rate = lambda lr, h, code: lambda k: jax.lax.optimization_barrier(lr * unit(k, h, code))
+  opt = lambda lr, h, code: optimizer_fn(rate(lr, h, code))
   theta = jax.lax.with_sharding_constraint(jnp.zeros((num_seeds, num_configs, d), dtype),
                                            sharding)
   config = (learning_rates, horizons, codes)
@@ -323,20 +353,29 @@ def _run_plrf(feature_std, target, embedding, noise_std, seed_keys, embedding_in
 
   update_all = jax.vmap(jax.vmap(update, (0,) * 6), (None, None, None, 0, 0, 0))
 
-  def step(k, carry):
-    theta, opt_state = carry
-    z, eps = jax.vmap(lambda key: _draw(key, k, batch_size, v, dtype))(seed_keys)
-    x = z * feature_std                                                  # (S, B, v)
-    # Every sum in kernels' fixed order: a dot's order would follow the shapes.
-    features = kernels.ordered_matvec(x, w_rows)                        # (S, B, d)
-    labels = kernels.ordered_dot(x, target, -1) + noise_std * eps        # (S, B)
-    grads = kernels.minibatch_gradient(features, theta, labels)
-    theta, opt_state = update_all(*config, grads, opt_state, theta)
-    return jax.lax.with_sharding_constraint(theta, sharding), opt_state
+  def run_steps(start, stop, carry):
+    """Steps ``start .. stop - 1``, a chunk of samples at a time."""
+    def chunk(c, carry):
+      features, labels = _embed_chunk(seed_keys, c, feature_std, rows, noise_std,
+                                      steps_per_chunk=steps_per_chunk, batch_size=batch_size)
+
+      def step(i, carry):
+        theta, opt_state = carry
+        grads = kernels.minibatch_gradient(features[:, i], theta, labels[:, i])
+        theta, opt_state = update_all(*config, grads, opt_state, theta)
+        return jax.lax.with_sharding_constraint(theta, sharding), opt_state
+
+      first = c * steps_per_chunk
+      lo = jnp.clip(start - first, 0, steps_per_chunk)
+      hi = jnp.clip(stop - first, 0, steps_per_chunk)
+      return jax.lax.fori_loop(lo, hi, step, carry)
+
+    return jax.lax.fori_loop(start // steps_per_chunk,
+                             (stop + steps_per_chunk - 1) // steps_per_chunk, chunk, carry)
 
   def segment(carry, stop):
     theta, opt_state, start = carry
-    theta, opt_state = jax.lax.fori_loop(start, stop, step, (theta, opt_state))
+    theta, opt_state = run_steps(start, stop, (theta, opt_state))
     return (theta, opt_state, stop), _risk(feature_std, target, w, theta)
 
   _, risk = jax.lax.scan(segment, (theta, opt_state, jnp.zeros((), record_steps.dtype)),
