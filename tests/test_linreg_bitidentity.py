@@ -100,6 +100,81 @@ def test_ordered_sum_is_independent_of_the_other_axes_and_devices():
                                exact, rtol=1e-4, atol=1e-4 * np.sqrt(d))
 
 
+def _float32_tree(products: np.ndarray) -> np.ndarray:
+  """``ordered_sum``'s order in NumPy float32 over the last axis: the specification."""
+  n = products.shape[-1]
+  power_of_two = lambda m: 1 << max(m - 1, 0).bit_length()
+
+  def halve(parts):
+    while len(parts) > 1:
+      half = len(parts) // 2
+      parts = [parts[i] + parts[i + half] for i in range(half)]
+    return parts[0]
+
+  if n <= kernels.LANES:
+    padded = np.zeros(products.shape[:-1] + (power_of_two(n),), np.float32)
+    padded[..., :n] = products
+    return halve(list(np.moveaxis(padded, -1, 0)))
+  lanes = kernels.LANES * power_of_two(-(-n // (kernels.LANES * 128)))
+  chunks = -(-n // lanes)
+  padded = np.zeros(products.shape[:-1] + (chunks * lanes,), np.float32)
+  padded[..., :n] = products
+  parts = [padded[..., k * lanes:(k + 1) * lanes] for k in range(chunks)]
+  while len(parts) > 1:
+    parts = [parts[i] + parts[i + 1] if i + 1 < len(parts) else parts[i]
+             for i in range(0, len(parts), 2)]
+  return halve(list(np.moveaxis(parts[0], -1, 0)))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 17, 64, 65, 130, 1000, 8193, 20001])
+def test_ordered_dot_is_the_float32_tree_of_rounded_products(n):
+  """Every product is rounded to float32 before the fixed tree sums it: no FMA keeps a
+  product unrounded (LLVM's choice of which would follow the program), on any axis,
+  broadcast or not."""
+  rng = np.random.default_rng(n)
+  a = rng.standard_normal((3, 1, 2, n)).astype(np.float32)
+  b = rng.standard_normal((3, 4, 1, n)).astype(np.float32)
+  expected = _float32_tree(a * b)
+  dot = jax.jit(kernels.ordered_dot, static_argnums=2)
+  np.testing.assert_array_equal(dot(a, b, -1), expected)
+  np.testing.assert_array_equal(dot(np.moveaxis(a, -1, 1), np.moveaxis(b, -1, 1), 1), expected)
+  np.testing.assert_array_equal(jax.jit(kernels.ordered_sum)(a[:, 0]), _float32_tree(a[:, 0]))
+
+
+@pytest.mark.slow
+def test_each_optimizer_alone_is_bit_identical_across_grids_and_devices():
+  """Without the dispatcher (whose select hides how an update fuses): each optimizer's
+  own program, 8 devices and all rates against one device and one rate, at the issue's
+  shapes (d=56, B=6; d=64, B=4) and past ``LANES`` (d=130)."""
+  one_device = jax.devices()[:1]
+  for d, batch, seeds in [(56, 6, 5), (64, 4, 8), (130, 2, 3)]:
+    problem = linreg.power_law_problem(d, 3.0, 1.5, noise_std=0.5)
+    features = plrf.plrf_problem(d + 9, d, 1.0, 0.7, noise_std=0.1)
+    lrs = _learning_rates(np.random.default_rng(d), 5)
+    for name, optimizer in OPTIMIZERS.items():
+      for noise in linreg.NOISE_MODELS:
+        run = lambda rates, devices: linreg.simulate(
+            problem, optimizer, rates, [batch], 7, num_seeds=seeds, noise_model=noise,
+            record_steps=[3, 7], devices=devices).risk
+        np.testing.assert_array_equal(run(lrs[1:2], one_device)[:, :, 0],
+                                      run(lrs, None)[:, :, 1], err_msg=f"{name} {noise} d={d}")
+      run = lambda rates, devices: plrf.simulate_plrf(
+          features, optimizer, rates, batch, 7, num_seeds=seeds, record_steps=[3, 7],
+          devices=devices).risk
+      np.testing.assert_array_equal(run(lrs[1:2], one_device)[:, 0], run(lrs, None)[:, 1],
+                                    err_msg=f"{name} plrf d={d}")
+
+
+def test_the_issues_sgd_example_is_bit_identical_on_one_and_eight_devices():
+  """``simulate(power_law_problem(64, 3, 2), optax.sgd, [0.01, 0.05], [4], 130,
+  num_seeds=8, noise_model="minibatch")`` differed by 3.6e-7 between 1 and 8 devices."""
+  problem = linreg.power_law_problem(64, 3, 2)
+  run = lambda devices: linreg.simulate(problem, optax.sgd, [0.01, 0.05], [4], 130,
+                                        num_seeds=8, noise_model="minibatch",
+                                        devices=devices).risk
+  np.testing.assert_array_equal(run(jax.devices()[:1]), run(None))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("noise_model", ["minibatch", "hessian_aligned"])
 def test_linreg_runs_are_bit_identical_across_shapes_devices_and_grids(noise_model):

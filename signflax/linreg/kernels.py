@@ -12,9 +12,16 @@ Here every sum is a fixed tree of elementwise adds, which XLA does not reassocia
 fast-math on CPU): the axis is padded with zeros and cut into ``m`` chunks of
 ``lanes`` contiguous elements, the chunks are added pairwise (a balanced tree built in
 Python), then the ``lanes`` partial sums are halved pairwise. ``m`` and ``lanes`` depend
-only on the axis length, so a run's risk is the same bit for bit whatever shares its
-program, and the chunk adds are vectorized along the lanes (as fast as XLA's own
-reduce on the lab's shapes, often faster).
+only on the axis length. One more freedom is closed: LLVM contracts ``a * b + c`` into
+an FMA, and which of two products it leaves unrounded follows the surrounding code, so
+every product is rounded before the tree adds it (``_rounded_product``). A sum is then
+the IEEE value of a tree fixed by its length (tested against a NumPy model), a run's
+risk is the same bit for bit whatever shares its program, and XLA fuses each tree into
+one vectorized loop. The minibatch gradient at d=1000, B=16, 8 seeds x 16 configs takes
+200 us a step on one CPU core, against 539 us with the tree stored level by level and
+137 us for an ``einsum`` whose order follows the shapes.
+
+``normal`` draws ``jax.random.normal``'s numbers bit for bit, several times faster on CPU.
 """
 
 from __future__ import annotations
@@ -43,12 +50,19 @@ def _pairwise(parts: list) -> jnp.ndarray:
 
 
 def _halve(x: jnp.ndarray, axis: int) -> jnp.ndarray:
-  """Pairwise sum over ``axis`` (length a power of two) by halving."""
-  while x.shape[axis] > 1:
-    half = x.shape[axis] // 2
-    x = (jax.lax.slice_in_dim(x, 0, half, axis=axis)
-         + jax.lax.slice_in_dim(x, half, 2 * half, axis=axis))
-  return jnp.squeeze(x, axis)
+  """Pairwise sum over ``axis`` (length a power of two) by halving: element i of the
+  first half plus element i of the second, until one is left. Each element is its own
+  slice, so XLA fuses the whole tree into one loop over the other axes (vectorized along
+  the last), instead of storing every level."""
+  return _halve_parts([jax.lax.slice_in_dim(x, i, i + 1, axis=axis)
+                       for i in range(x.shape[axis])]).squeeze(axis)
+
+
+def _halve_parts(parts: list) -> jnp.ndarray:
+  while len(parts) > 1:
+    half = len(parts) // 2
+    parts = [parts[i] + parts[i + half] for i in range(half)]
+  return parts[0]
 
 
 def _power_of_two(n: int) -> int:
@@ -70,29 +84,40 @@ def ordered_dot(a: jnp.ndarray, b: jnp.ndarray, axis: int = -1) -> jnp.ndarray:
   """``jnp.sum(a * b, axis)`` (``a``, ``b`` broadcastable) in ``ordered_sum``'s order.
 
   ``a`` and ``b`` are padded and sliced apart and multiplied chunk by chunk, so the
-  broadcast product is never padded or stored whole (several times faster than
-  ``ordered_sum`` of the product)."""
+  broadcast product is never padded or stored whole; XLA fuses the whole tree into one
+  loop. Each product is rounded before it is summed (``_rounded_product``), so the
+  result is the tree's IEEE value whatever XLA and LLVM fuse."""
   shape = jnp.broadcast_shapes(a.shape, b.shape)
   axis = axis % len(shape)
   a, b = (jnp.expand_dims(x, tuple(range(len(shape) - x.ndim))) for x in (a, b))
   n = shape[axis]
+  if n <= LANES:
+    lanes, chunks = 1, _power_of_two(n)
+  else:
+    lanes = LANES * _power_of_two(-(-n // (LANES * _MAX_CHUNKS)))
+    chunks = -(-n // lanes)
+  a, b = (_pad(x, axis, chunks * lanes) if x.shape[axis] > 1 else x for x in (a, b))
 
-  def chunk(x, start, stop):
+  def chunk(x, k):
     if x.shape[axis] == 1:                       # broadcast along the summed axis
       return x
-    return jax.lax.slice_in_dim(x, start, stop, axis=axis)
+    return jax.lax.slice_in_dim(x, k * lanes, (k + 1) * lanes, axis=axis)
 
-  if n <= LANES:
-    size = _power_of_two(n)
-    a, b = (_pad(x, axis, size) if x.shape[axis] > 1 else x for x in (a, b))
-    return _halve(jnp.broadcast_to(a * b, shape[:axis] + (size,) + shape[axis + 1:]), axis)
-  lanes = LANES * _power_of_two(-(-n // (LANES * _MAX_CHUNKS)))
-  chunks = -(-n // lanes)
-  a, b = (_pad(x, axis, chunks * lanes) if x.shape[axis] > 1 else x for x in (a, b))
-  parts = [chunk(a, k * lanes, (k + 1) * lanes) * chunk(b, k * lanes, (k + 1) * lanes)
-           for k in range(chunks)]
+  zero = jax.lax.optimization_barrier(jnp.zeros((), jnp.result_type(a, b)))
+  parts = [_rounded_product(chunk(a, k), chunk(b, k), zero) for k in range(chunks)]
   parts = [jnp.broadcast_to(p, shape[:axis] + (lanes,) + shape[axis + 1:]) for p in parts]
+  if n <= LANES:
+    return _halve_parts(parts).squeeze(axis)
   return _halve(_pairwise(parts), axis)
+
+
+def _rounded_product(a, b, zero):
+  """``a * b`` rounded to the dtype. LLVM contracts ``a * b + c`` into one FMA (no
+  rounding of the product) where it can, and which product of ``p + q`` it picks depends
+  on the surrounding code, so a sum of raw products varies with the program. Adding a
+  runtime zero (hidden from XLA's simplifier behind a barrier) leaves the rounded product
+  whether or not LLVM contracts that add."""
+  return a * b + zero
 
 
 def minibatch_gradient(features: jnp.ndarray, delta: jnp.ndarray,
@@ -113,9 +138,14 @@ def minibatch_gradient(features: jnp.ndarray, delta: jnp.ndarray,
   Returns:
     ``(S, C, d)``; each entry depends on its own seed and config only, bit for bit.
   """
+  # Each pass is stored whole behind a barrier: LLVM contracts a product + product into
+  # an FMA, and which product it keeps unrounded depends on how often each is used, so
+  # the pass's fusion must not depend on what consumes it (the optimizer's update).
   residual = ordered_dot(features[:, None, :, :], delta[:, :, None, :], -1) \
       - targets[:, None, :]                                                  # (S, C, B)
-  return ordered_dot(features[:, None, :, :], residual[..., None], 2) / features.shape[1]
+  residual = jax.lax.optimization_barrier(residual)
+  gradient = ordered_dot(features[:, None, :, :], residual[..., None], 2) / features.shape[1]
+  return jax.lax.optimization_barrier(gradient)
 
 
 def ordered_matvec(x: jnp.ndarray, matrix: jnp.ndarray) -> jnp.ndarray:
