@@ -138,9 +138,9 @@ def minibatch_gradient(features: jnp.ndarray, delta: jnp.ndarray,
   Returns:
     ``(S, C, d)``; each entry depends on its own seed and config only, bit for bit.
   """
-  # Each pass is stored whole behind a barrier: LLVM contracts a product + product into
-  # an FMA, and which product it keeps unrounded depends on how often each is used, so
-  # the pass's fusion must not depend on what consumes it (the optimizer's update).
+  # Each pass is stored behind a barrier, so its fused loop is the same whatever
+  # consumes it (the optimizer's update): the order holds by construction, the loop's
+  # speed should not depend on the optimizer either.
   residual = ordered_dot(features[:, None, :, :], delta[:, :, None, :], -1) \
       - targets[:, None, :]                                                  # (S, C, B)
   residual = jax.lax.optimization_barrier(residual)
