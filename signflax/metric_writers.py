@@ -48,6 +48,26 @@ def _json_value(value):
   return value if math.isfinite(value) else str(value)
 
 
+def _start_after_earlier_sessions(logdir) -> None:
+  """Waits (under a second) until the clock is past every event file already in ``logdir``.
+
+  TensorBoard reads a run's files in name order, and tensorboard names them
+  ``events.out.tfevents.<unix seconds>.<host>.<pid>.<n>``: two sessions started in the
+  same second sort by pid and an unpadded counter as strings ("10" before "9"), so a
+  resume's SessionLog.START could be read before the events it is meant to purge. A
+  later second than every file already there keeps name order equal to session order.
+  """
+  directory = storage.path(logdir)
+  if not directory.exists():
+    return
+  seconds = [int(name.split(".")[3]) for name in (p.name for p in directory.glob(
+      "events.out.tfevents.*")) if len(name.split(".")) > 3 and name.split(".")[3].isdigit()]
+  if seconds:
+    wait = max(seconds) + 1 - time.time()
+    if wait > 0:
+      time.sleep(wait)
+
+
 class EventWriter:
   """TensorBoard event files written with the ``tensorboard`` package alone (no TensorFlow).
 
@@ -69,6 +89,7 @@ class EventWriter:
     self._remote = storage.path(logdir) if storage.is_remote(logdir) else None
     self._local = tempfile.mkdtemp(prefix="signflax-events-") if self._remote else None
     self._upload_secs, self._uploaded_at = upload_secs, time.monotonic()
+    _start_after_earlier_sessions(logdir)
     self._writer = EventFileWriter(self._local or str(logdir), flush_secs=flush_secs)
 
   def _add(self, event) -> None:

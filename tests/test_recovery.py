@@ -210,6 +210,23 @@ def test_checksums_do_not_depend_on_sharding():
 # ---------------------------------------------------------------------------- metrics log
 
 
+def test_event_files_sort_in_session_order(tmp_path):
+  """TensorBoard reads event files in name order; sessions started within one second
+  used to sort by an unpadded counter ("...10" before "...9"), so a resume's purge could
+  be read first. Each session now starts in a later second than the files before it."""
+  names = []
+  for _ in range(3):
+    before = {p.name for p in tmp_path.glob("events.out.tfevents.*")}
+    writer = metric_writers.EventWriter(tmp_path)
+    writer.scalars(1, {"x": 1.0})
+    writer.close()
+    (name,) = {p.name for p in tmp_path.glob("events.out.tfevents.*")} - before
+    names.append(name)
+  assert sorted(names) == names
+  assert len({name.split(".")[3] for name in names}) == 3              # one second each
+  assert len({name.split(".")[3] for name in names}) == 3
+
+
 def test_metric_log_repair_keeps_each_step_once(tmp_path):
   writer = metric_writers.MetricWriter(tmp_path)
   writer.restart(0)
