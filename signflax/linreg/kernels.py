@@ -148,12 +148,6 @@ def minibatch_gradient(features: jnp.ndarray, delta: jnp.ndarray,
   return jax.lax.optimization_barrier(gradient)
 
 
-def ordered_matvec(x: jnp.ndarray, matrix: jnp.ndarray) -> jnp.ndarray:
-  """``x @ matrix`` for ``x`` ``(..., k)`` and ``matrix`` ``(..., k, n)`` (leading axes
-  broadcast), each output summed over k in ``ordered_sum``'s order."""
-  return ordered_dot(x[..., :, None], matrix, -2)
-
-
 # Threefry-2x32 (Salmon et al. 2011, 20 rounds), as ``jax.random`` defines it.
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 _PARITY = np.uint32(0x1BD11BDA)
