@@ -34,7 +34,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from signflax.linreg import _checks, kernels
-from signflax.linreg.simulator import seed_mesh
+from signflax.linreg.simulator import seed_mesh, steps_per_chunk
 from signflax.optim import wsd_schedule
 
 SCHEDULES = ("constant", "wsd", "stable_decay")
@@ -288,8 +288,7 @@ def chunk_size(num_features: int, batch_size: int) -> int:
   """Steps whose samples are drawn and embedded together: a power of two <= 64 with at
   most 2^18 numbers per row. It depends only on (v, B), so each row's embedding is a
   matrix product of one fixed shape ``(U B, v) x (v, d + 1)``."""
-  per_step = batch_size * (num_features + 1)
-  return int(2 ** np.clip(np.floor(np.log2(max(2**18 // per_step, 1))), 0, 6))
+  return steps_per_chunk(batch_size * (num_features + 1), 2**18)
 
 
 def _draw(key, step, batch_size: int, num_features: int, dtype):

@@ -74,12 +74,17 @@ def log_spaced_steps(num_steps: int, num_points: int = 32) -> np.ndarray:
   return steps
 
 
+def steps_per_chunk(numbers_per_step: int, max_numbers: int) -> int:
+  """The largest power of two <= 64 steps holding at most ``max_numbers`` (at least 1)."""
+  return int(2 ** np.clip(np.floor(np.log2(max(max_numbers // numbers_per_step, 1))), 0, 6))
+
+
 def noise_chunk_size(dim: int, noise_model: str, batch_size: int = 1) -> int:
   """Steps whose noise is drawn in one call: a power of two <= 64 with at most 2^21
   numbers per seed. It depends only on (d, noise model, B), never on the grid or the
   devices, so it is part of the definition of the random stream."""
   per_step = (dim + 1) * (batch_size if noise_model == "minibatch" else 1)
-  return int(2 ** np.clip(np.floor(np.log2(max(2**21 // per_step, 1))), 0, 6))
+  return steps_per_chunk(per_step, 2**21)
 
 
 def _draw_noise(seed_keys, chunk, chunk_size: int, dim: int, noise_model: str,
