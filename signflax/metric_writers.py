@@ -21,6 +21,7 @@ import json
 import math
 import numbers
 import pathlib
+import re
 import shutil
 import sys
 import tempfile
@@ -60,8 +61,9 @@ def _start_after_earlier_sessions(logdir) -> None:
   directory = storage.path(logdir)
   if not directory.exists():
     return
-  seconds = [int(name.split(".")[3]) for name in (p.name for p in directory.glob(
-      "events.out.tfevents.*")) if len(name.split(".")) > 3 and name.split(".")[3].isdigit()]
+  matches = (re.match(r"events\.out\.tfevents\.(\d+)\.", p.name)
+             for p in directory.glob("events.out.tfevents.*"))
+  seconds = [int(match.group(1)) for match in matches if match]
   if seconds:
     wait = max(seconds) + 1 - time.time()
     if wait > 0:
