@@ -224,7 +224,6 @@ def test_event_files_sort_in_session_order(tmp_path):
     names.append(name)
   assert sorted(names) == names
   assert len({name.split(".")[3] for name in names}) == 3              # one second each
-  assert len({name.split(".")[3] for name in names}) == 3
 
 
 def test_metric_log_repair_keeps_each_step_once(tmp_path):
